@@ -1,0 +1,3 @@
+"""compress: declarative, measured model compression for PyTorch models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,153 @@
+"""Build the baseline artifact from ``model:``: a zoo name, the user's ``module:callable`` (+ weights),
+or an ``.onnx`` file; optionally train it once on ``data.train`` (cached like any stage).
+
+Weights files are read with ``torch.load(..., weights_only=True)`` (no arbitrary pickles) or
+safetensors.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from compress.artifact import ONNX, Artifact, import_callable, save_onnx, save_torch, sha256_file
+from compress.errors import ConfigError, StageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from compress.config import LoadedConfig
+    from compress.data import Dataset
+
+
+def recipe(loaded: "LoadedConfig") -> dict[str, Any]:
+    from compress import zoo
+
+    m = loaded.config.model
+    return {"callable": zoo.ZOO[m.zoo] if m.zoo else m.callable, "kwargs": dict(m.kwargs)}
+
+
+def _instantiate(loaded: "LoadedConfig", rec: dict[str, Any]) -> "torch.nn.Module":
+    import torch
+
+    where = loaded.where("model", "zoo" if loaded.config.model.zoo else "callable")
+    try:
+        fn = import_callable(rec["callable"], loaded.base_dir)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{where} model.callable: cannot import '{rec['callable']}': {type(e).__name__}: {e}",
+                          hint=f"the module must be importable from {loaded.base_dir} or installed") from e
+    try:
+        model = fn(**rec["kwargs"])
+    except Exception as e:  # noqa: BLE001 - the user's builder raised: say so in one line
+        raise ConfigError(f"{where} model: '{rec['callable']}' raised {type(e).__name__}: {e}",
+                          hint="check model.kwargs") from e
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"{where} model: '{rec['callable']}' returned {type(model).__name__}, not torch.nn.Module")
+    return model.eval()
+
+
+def load_weights(model: "torch.nn.Module", path: Path, where: str) -> None:
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{where} model.weights: cannot read '{path}': {str(e).splitlines()[0]}",
+                          hint="give a state dict saved with torch.save(model.state_dict()) or a .safetensors file"
+                          ) from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"{where} model.weights: '{path}' holds a {type(state).__name__}, not a state dict")
+    result = model.load_state_dict(state, strict=False)
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if result.missing_keys or result.unexpected_keys or bad:
+        parts = []
+        if result.missing_keys:
+            parts.append(f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[0]})")
+        if result.unexpected_keys:
+            parts.append(f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[0]})")
+        if bad:
+            parts.append(f"{len(bad)} with the wrong shape (e.g. {bad[0]}: {tuple(state[bad[0]].shape)} vs "
+                         f"{tuple(own[bad[0]].shape)})")
+        raise ConfigError(f"{where} model.weights: '{path.name}' does not match the model: {'; '.join(parts)}",
+                          hint="check model.kwargs (e.g. num_classes) or the weights file")
+
+
+def baseline_key_parts(loaded: "LoadedConfig", data_fp: str) -> dict[str, Any]:
+    m = loaded.config.model
+    parts: dict[str, Any] = {"step": "baseline", "input_shape": m.input_shape}
+    if m.onnx:
+        parts["onnx"] = sha256_file(loaded.resolve(m.onnx))
+        return parts
+    parts["recipe"] = recipe(loaded)
+    if m.weights:
+        parts["weights"] = sha256_file(loaded.resolve(m.weights))
+    elif m.train:
+        parts["train"] = m.train.model_dump(mode="json")
+        parts["data"] = data_fp
+    parts["recalibrate_bn"] = m.recalibrate_bn
+    if m.recalibrate_bn:
+        parts["data"] = data_fp
+    return parts
+
+
+def build_baseline(loaded: "LoadedConfig", dataset: "Dataset", work_dir: Path,
+                   progress: Callable[[str, int], Any], log: Callable[[str], None]) -> Artifact:
+    m = loaded.config.model
+    shape = tuple(m.input_shape)
+    stub = Artifact(format="onnx" if m.onnx else "torch", precision="float32", dir=work_dir, files={},
+                    file_hashes={}, input_shape=shape, input_name=m.input_name,
+                    recipe=None if m.onnx else recipe(loaded))
+    if m.onnx:
+        shutil.copyfile(loaded.resolve(m.onnx), work_dir / ONNX)
+        return save_onnx(work_dir / ONNX, work_dir, like=stub, producer="baseline", precision="float32")
+    model = _instantiate(loaded, stub.recipe)
+    facts: dict[str, Any] = {}
+    if m.weights:
+        load_weights(model, loaded.resolve(m.weights), loaded.where("model", "weights"))
+        facts["weights"] = m.weights
+    elif m.train:
+        from compress.training import accuracy, total_steps, train
+
+        steps = total_steps(m.train, len(dataset.splits["train"]))
+        try:
+            with progress("training baseline", steps) as bar:
+                hist = train(model, dataset, m.train, progress=lambda s, t, info: bar.update(1, **info))
+        except ValueError as e:
+            raise ConfigError(f"{loaded.where('model', 'train')} model.train: {e}") from e
+        except Exception as e:  # noqa: BLE001
+            raise StageError(f"training the baseline failed: {type(e).__name__}: {e}") from e
+        if dataset.y is not None and len(dataset.splits["eval"]):
+            hist["eval_accuracy_torch"] = round(accuracy(model, dataset, "eval"), 3)
+        facts["training"] = hist
+        log(f"trained baseline: {hist['steps']} steps in {hist['seconds']} s"
+            + (f", eval accuracy {hist['eval_accuracy_torch']}% (torch)" if "eval_accuracy_torch" in hist else ""))
+    else:
+        facts["random_weights"] = True
+    if m.recalibrate_bn:
+        from compress.training import recalibrate_bn
+
+        recalibrate_bn(model, dataset)
+        facts["bn_recalibrated"] = True
+    _check_forward(model, shape, loaded)
+    return save_torch(model, work_dir, like=stub, producer="baseline", facts=facts)
+
+
+def _check_forward(model: "torch.nn.Module", shape: tuple[int, ...], loaded: "LoadedConfig") -> None:
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(*shape))
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{loaded.where('model', 'input_shape')} model.input_shape {list(shape)}: the model "
+                          f"fails on an input of this shape: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"{loaded.where('model')} model: forward() must return one tensor, got {type(out).__name__}")

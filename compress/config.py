@@ -1,0 +1,347 @@
+"""Pipeline configuration: pydantic v2 models that reject unknown keys, YAML/JSON loading with line
+numbers, and error messages that point at ``file:line:col field.path``.
+
+Relative *input* paths in a pipeline (weights, data, user modules) resolve against the pipeline
+file's folder; *output* paths (``output.dir``, ``output.cache_dir``) resolve against the working
+directory, like any other CLI.
+
+Only light imports here (pydantic, yaml, and the light config models of other modules): ``compress
+validate`` must not load torch, nncf or onnxruntime.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from compress import zoo
+from compress.data import DataConfig
+from compress.errors import ConfigError
+from compress.export import ExportConfig
+from compress.runtimes.timing import TimingPolicy
+from compress.stages import get_stage, registry, suggest
+from compress.stages.base import ONNX_FLOAT, TORCH_FLOAT
+from compress.training import TrainConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    """Where the model comes from: exactly one of ``zoo``, ``callable`` or ``onnx``."""
+
+    zoo: str | None = Field(None, description="Built-in architecture name (see `compress stages --zoo`).")
+    callable: str | None = Field(None, description="'module:function' returning an nn.Module; the module is "
+                                 "imported with the pipeline file's folder on sys.path.")
+    onnx: str | None = Field(None, description="An .onnx file, for ONNX-only chains.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the builder.")
+    weights: str | None = Field(None, description="State dict (.pt/.pth, loaded with weights_only=True) or "
+                                ".safetensors file.")
+    input_shape: list[int] = Field(..., min_length=2, description="Example input shape, batch first.")
+    input_name: str = "input"
+    train: TrainConfig | None = Field(None, description="Train the baseline on data.train (once; cached). "
+                                      "Used when no weights are given.")
+    recalibrate_bn: bool = Field(False, description="Re-estimate BatchNorm statistics on data.train "
+                                 "(for random-weight models used only for latency).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelConfig":
+        given = [k for k in ("zoo", "callable", "onnx") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("set exactly one of model.zoo, model.callable or model.onnx"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if self.zoo and self.zoo not in zoo.ZOO:
+            import difflib
+
+            close = difflib.get_close_matches(self.zoo, zoo.names(), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(f"unknown zoo model '{self.zoo}': {hint}known: {', '.join(zoo.names())}")
+        if self.callable and ":" not in self.callable:
+            raise ValueError(f"model.callable must look like 'module:function', got '{self.callable}'")
+        if self.weights and self.train:
+            raise ValueError("set model.weights or model.train, not both")
+        if self.onnx and (self.weights or self.train or self.kwargs):
+            raise ValueError("model.onnx takes no weights, kwargs or train: the ONNX file holds the model")
+        if any(d <= 0 for d in self.input_shape):
+            raise ValueError(f"model.input_shape must be positive, got {self.input_shape}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return ONNX_FLOAT if self.onnx else TORCH_FLOAT
+
+
+class TargetConfig(_Strict):
+    """A runtime to deploy to; every artifact is timed and evaluated on every target."""
+
+    name: str
+    runtime: Literal["onnxruntime"] = "onnxruntime"
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    threads: int = Field(1, ge=0, description="Intra-op threads (0 = runtime default). 1 gives stable timings.")
+    inter_op_threads: int = Field(1, ge=0)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    batch_size: int = Field(1, ge=1, description="Batch size for latency.")
+    timing: TimingPolicy = Field(default_factory=TimingPolicy)
+
+
+class EvaluationConfig(_Strict):
+    split: Literal["eval", "calibration", "train"] = "eval"
+    batch_size: int = Field(256, ge=1)
+    max_samples: int | None = Field(None, ge=1)
+
+
+GateMetric = Literal[
+    "accuracy", "accuracy_drop", "agreement", "cosine", "latency_p50_ms", "latency_p90_ms",
+    "speedup", "size_mb", "size_ratio", "params", "macs",
+]
+
+
+class GateConfig(_Strict):
+    """A release gate: ``metric`` of ``stage`` on ``target`` must be ``<= max`` or ``>= min``.
+
+    ``accuracy_drop`` is in percentage points vs the baseline; ``speedup`` is baseline p50 / stage p50
+    (measured interleaved); ``size_ratio`` is stage size / baseline size.
+    """
+
+    metric: GateMetric
+    max: float | None = None
+    min: float | None = None
+    stage: str = Field("final", description="Stage name, 'final' (the last stage) or 'baseline'.")
+    target: str | None = Field(None, description="Target name; default: the first target.")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "GateConfig":
+        if (self.max is None) == (self.min is None):
+            raise ValueError(f"gate on '{self.metric}' needs exactly one of max or min")
+        return self
+
+
+class OutputConfig(_Strict):
+    dir: str | None = Field(None, description="Run folder; default runs/<pipeline name>.")
+    cache_dir: str = Field(".compress-cache", description="Stage artifact cache, shared between runs.")
+
+
+class StageSpecBase(_Strict):
+    name: str | None = None
+
+
+def _stage_spec(type_name: str) -> type[BaseModel]:
+    cls = get_stage(type_name)
+    return create_model(
+        f"Stage_{type_name.replace('.', '_')}",
+        __base__=StageSpecBase,
+        type=(Literal[type_name], ...),  # type: ignore[valid-type]
+        config=(cls.Config, Field(default_factory=cls.Config)),
+        __doc__=cls.summary or cls.__doc__,
+    )
+
+
+@lru_cache(maxsize=1)
+def pipeline_model() -> type[BaseModel]:
+    """The pipeline model, with ``stages`` a discriminated union built from the stage registry."""
+    specs = tuple(_stage_spec(t) for t in sorted(registry()))
+    stage_union = Annotated[Union[specs], Field(discriminator="type")] if len(specs) > 1 else specs[0]
+
+    class PipelineConfig(_Strict):
+        """A compression pipeline: a model, data, targets, an ordered chain of stages and gates."""
+
+        version: Literal[1] = 1
+        name: str | None = None
+        model: ModelConfig
+        data: DataConfig = Field(default_factory=DataConfig)
+        targets: list[TargetConfig] = Field(
+            default_factory=lambda: [TargetConfig(name="ort-cpu")], min_length=1)
+        export: ExportConfig = Field(default_factory=ExportConfig)
+        evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+        stages: list[stage_union] = Field(default_factory=list)  # type: ignore[valid-type]
+        gates: list[GateConfig] = Field(default_factory=list)
+        output: OutputConfig = Field(default_factory=OutputConfig)
+        fail_on_unstable: bool = Field(False, description="Exit 4 when a latency measurement is unstable.")
+
+        @field_validator("targets")
+        @classmethod
+        def _unique_targets(cls, v: list[TargetConfig]) -> list[TargetConfig]:
+            names = [t.name for t in v]
+            dup = {n for n in names if names.count(n) > 1}
+            if dup:
+                raise ValueError(f"target names must be unique, repeated: {', '.join(sorted(dup))}")
+            return v
+
+        @model_validator(mode="after")
+        def _names_and_refs(self):
+            seen: set[str] = set()
+            for i, s in enumerate(self.stages):
+                if s.name is None:
+                    s.name = f"{i + 1}-{s.type}"
+                if s.name in seen or s.name in ("baseline", "final"):
+                    raise ValueError(f"stages[{i}].name '{s.name}' is repeated or reserved; give it a unique name")
+                seen.add(s.name)
+            targets = {t.name for t in self.targets}
+            for i, g in enumerate(self.gates):
+                if g.stage not in seen | {"baseline", "final"}:
+                    raise ValueError(f"gates[{i}].stage '{g.stage}' is not a stage name; use one of: "
+                                     f"{', '.join(['baseline', 'final', *seen])}")
+                if g.target is not None and g.target not in targets:
+                    raise ValueError(f"gates[{i}].target '{g.target}' is not a target; use one of: "
+                                     f"{', '.join(sorted(targets))}")
+            return self
+
+    return PipelineConfig
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading with locations
+
+
+def _locate(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int, int] | None:
+    """Line/column (1-based) of the deepest node along ``loc`` in a composed YAML tree."""
+    best = (node.start_mark.line + 1, node.start_mark.column + 1) if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(part):
+                    node = v
+                    best = (k.start_mark.line + 1, k.start_mark.column + 1)
+                    break
+            else:
+                return best
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            best = (node.start_mark.line + 1, node.start_mark.column + 1)
+        else:
+            return best
+    return best
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's discriminator tags (``stages.0.quantize.ptq.config``) and wrapper names."""
+    types = set(registry())
+    return tuple(p for p in loc if not (isinstance(p, str) and (p in types or p.startswith("function-"))))
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def read_document(path: Path) -> tuple[Any, yaml.Node | None]:
+    """Parse YAML (JSON is valid YAML) into data plus the node tree used for error locations."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: pipeline file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    return data, node
+
+
+class LoadedConfig:
+    """A validated pipeline plus where it came from (for relative paths and error messages)."""
+
+    def __init__(self, config: Any, path: Path, node: yaml.Node | None):
+        self.config = config
+        self.path = path.resolve()
+        self.base_dir = self.path.parent
+        self._node = node
+
+    def where(self, *loc: Any) -> str:
+        pos = _locate(self._node, loc)
+        return f"{self.path}:{pos[0]}:{pos[1]}" if pos else str(self.path)
+
+    def resolve(self, rel: str) -> Path:
+        p = Path(rel).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def name(self) -> str:
+        return self.config.name or self.path.stem
+
+
+def load_pipeline(path: str | Path) -> LoadedConfig:
+    """Read and validate a pipeline file; raise :class:`ConfigError` listing every problem found."""
+    path = Path(path)
+    data, node = read_document(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1:1: a pipeline must be a mapping with at least a 'model' section")
+    problems: list[str] = []
+    for i, st in enumerate(data.get("stages") or []):
+        if isinstance(st, dict) and "type" in st and st["type"] not in registry():
+            pos = _locate(node, ("stages", i, "type"))
+            problems.append(f"{path}:{pos[0]}:{pos[1]} stages[{i}].type: unknown stage type "
+                            f"'{st['type']}': {suggest(str(st['type']))}")
+    if not problems:
+        try:
+            cfg = pipeline_model().model_validate(data)
+        except ValidationError as e:
+            for err in e.errors():
+                loc = _clean_loc(err["loc"])
+                pos = _locate(node, loc)
+                where = f"{path}:{pos[0]}:{pos[1]}" if pos else str(path)
+                msg = err["msg"].removeprefix("Value error, ")
+                if err["type"] == "extra_forbidden":
+                    msg = f"unknown key '{loc[-1]}' (check the spelling; `compress schema` lists the keys)"
+                problems.append(f"{where} {_dotted(loc)}: {msg}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    loaded = LoadedConfig(cfg, path, node)
+    check_chain(loaded)
+    return loaded
+
+
+def check_chain(loaded: LoadedConfig) -> list[str]:
+    """Walk the stage chain with each stage's accepted/produced kinds; return the kinds in order."""
+    cfg = loaded.config
+    kind = cfg.model.kind
+    kinds = [kind]
+    problems = []
+    prev = "the model"
+    for i, spec in enumerate(cfg.stages):
+        stage_cls = get_stage(spec.type)
+        reason = stage_cls.reject_reason(spec.config, kind)
+        if reason:
+            problems.append(f"{loaded.where('stages', i, 'type')} stages[{i}] ({spec.type} '{spec.name}'): "
+                            f"{reason} (from {prev})")
+        else:
+            kind = stage_cls.output_kind(spec.config, kind)
+        kinds.append(kind)
+        prev = f"stage '{spec.name}'"
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return kinds
+
+
+def check_paths(loaded: LoadedConfig) -> None:
+    """File-existence checks that need no model: weights, onnx, data files."""
+    cfg = loaded.config
+    problems = []
+    for field in ("weights", "onnx"):
+        rel = getattr(cfg.model, field)
+        if rel and not loaded.resolve(rel).exists():
+            problems.append(f"{loaded.where('model', field)} model.{field}: '{rel}' not found (relative paths "
+                            f"resolve against {loaded.base_dir})")
+    if cfg.data.path and not loaded.resolve(cfg.data.path).exists():
+        problems.append(f"{loaded.where('data', 'path')} data.path: '{cfg.data.path}' not found (relative paths "
+                        f"resolve against {loaded.base_dir})")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def json_schema() -> dict[str, Any]:
+    return pipeline_model().model_json_schema()

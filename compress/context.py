@@ -1,0 +1,47 @@
+"""What a stage gets besides its input artifact: data, its work folder, export settings, progress."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from compress.artifact import Artifact, build_module
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from compress.config import ExportConfig
+    from compress.data import Dataset
+
+ProgressFactory = Callable[[str, int], Any]
+
+
+class _NullProgress:
+    def update(self, advance: int = 1, **info: Any) -> None:
+        pass
+
+
+@contextmanager
+def null_progress(description: str, total: int) -> Iterator[_NullProgress]:
+    yield _NullProgress()
+
+
+@dataclass
+class StageContext:
+    dataset: "Dataset"
+    work_dir: Path
+    export: "ExportConfig"
+    base_dir: Path
+    stage_name: str = ""
+    log: Callable[[str], None] = print
+    progress: Callable[[str, int], Any] = null_progress  # context manager: (description, total) -> .update()
+    _modules: dict[str, "torch.nn.Module"] = field(default_factory=dict)
+
+    def load_torch(self, art: Artifact) -> "torch.nn.Module":
+        """A fresh, independent torch module for ``art`` (stages may modify it freely)."""
+        return build_module(art, self.base_dir)
+
+    def train_progress(self, description: str, total: int):
+        """A ``progress=`` callback for :func:`compress.training.train` plus its context manager."""
+        return self.progress(description, total)

@@ -1,0 +1,324 @@
+"""Run a pipeline: baseline -> stages in order -> export, evaluate and time every artifact on every
+target -> report -> gates.
+
+Latency is measured *interleaved*: all artifacts of the chain are timed round-robin in one process
+per target (``measure_interleaved``), so speed-ups are ratios taken under the same machine load.
+Accuracy is measured on each artifact as soon as it exists, from the exported ONNX in the target
+runtime. Everything finished is cached by content hash; a re-run recomputes nothing.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from compress import __version__
+from compress.artifact import ONNX, Artifact, save_onnx
+from compress.cache import Cache, cache_key
+from compress.config import LoadedConfig, check_paths
+from compress.context import StageContext
+from compress.errors import CompressError, StageError
+from compress.report.model import ArtifactInfo, Measurement, Report, StageRecord
+from compress.ui import UI
+
+SLOWER = 0.95  # a stage whose output runs below 0.95x the speed of its input is reported as slower
+LESS_ACCURATE = 0.5  # percentage points lost vs the stage's input that trigger a warning
+
+
+class Runner:
+    def __init__(self, loaded: LoadedConfig, ui: UI | None = None, *, use_cache: bool = True,
+                 remeasure: bool = False, output_dir: str | None = None):
+        self.loaded, self.cfg = loaded, loaded.config
+        self.ui = ui or UI(quiet=True)
+        self.cache = Cache(Path(self.cfg.output.cache_dir), enabled=use_cache)
+        self.remeasure = remeasure
+        self.out_dir = Path(output_dir or self.cfg.output.dir or Path("runs") / loaded.name)
+        self.warnings: list[str] = []
+
+    # ---------------------------------------------------------------------------------------------
+    def run(self) -> Report:
+        from compress.data import check_input_shape, load_dataset
+        from compress.runtimes.environment import fingerprint
+
+        started = time.monotonic()
+        check_paths(self.loaded)
+        self.dataset = ds = load_dataset(self.cfg.data, self.loaded.base_dir)
+        check_input_shape(ds, self.cfg.model.input_shape)
+        self.ui.info(f"data: {ds.source_desc}, {', '.join(f'{k} {len(v)}' for k, v in ds.splits.items())} "
+                     f"(fingerprint {ds.fingerprint[:12]})")
+
+        records: list[StageRecord] = []
+        arts: list[Artifact] = []
+        # baseline
+        from compress.baseline import baseline_key_parts, build_baseline
+
+        key = cache_key(**baseline_key_parts(self.loaded, ds.fingerprint))
+        art, hit, secs = self._cached_artifact(key, "baseline", lambda wd: build_baseline(
+            self.loaded, ds, wd, self.ui.progress, self.ui.info))
+        records.append(self._record("baseline", "baseline", {}, art, hit, secs))
+        arts.append(art)
+        # stages
+        from compress.stages import get_stage
+
+        for spec in self.cfg.stages:
+            stage = get_stage(spec.type)(spec.config)
+            key = cache_key(step="stage", type=spec.type, config=spec.config.model_dump(mode="json"),
+                            input=art.hash, data=ds.fingerprint)
+            ctx_base = dict(dataset=ds, export=self.cfg.export, base_dir=self.loaded.base_dir, stage_name=spec.name,
+                            log=lambda m, n=spec.name: self.ui.info(f"  [{n}] {m}"), progress=self.ui.progress)
+
+            def build(wd: Path, stage=stage, prev=art, ctx_base=ctx_base) -> Artifact:
+                return stage.run(prev, StageContext(work_dir=wd, **ctx_base))
+
+            art, hit, secs = self._cached_artifact(key, f"{spec.name} ({spec.type})", build, stage_type=spec.type)
+            records.append(self._record(spec.name, spec.type, spec.config.model_dump(mode="json"), art, hit, secs))
+            arts.append(art)
+
+        # evaluation (quality) and latency, per target
+        for target in self.cfg.targets:
+            self._evaluate_all(target, arts, records)
+            self._time_all(target, arts, records)
+        self._compare(records)
+
+        report = Report(
+            tool_version=__version__, pipeline=str(self.loaded.path), pipeline_name=self.loaded.name,
+            created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            environment=fingerprint(), data=ds.describe(),
+            targets=[t.model_dump(mode="json") for t in self.cfg.targets],
+            baseline=records[0], stages=records[1:], warnings=self.warnings,
+        )
+        from compress.report.gate import check_gates
+
+        report.gates = check_gates(report, self.cfg.gates, self.cfg.targets[0].name)
+        unstable = any(m.latency and m.latency.unstable for r in records for m in r.measurements.values())
+        if any(not g.passed for g in report.gates):
+            report.status = "gate_failed"
+        elif unstable and self.cfg.fail_on_unstable:
+            report.status = "unstable"
+        self._write(report, arts[-1])
+        self.ui.detail(f"run took {time.monotonic() - started:.1f} s")
+        return report
+
+    # ---------------------------------------------------------------------------------------------
+    def _cached_artifact(self, key: str, label: str, build, stage_type: str = "baseline"):
+        t0 = time.monotonic()
+        art = self.cache.get_artifact(key)
+        for c in self.cache.corrupt:
+            self.ui.warn(f"corrupt cache entry removed and recomputed: {c}")
+        self.cache.corrupt.clear()
+        if art is not None:
+            self.ui.info(f"[green]✓[/green] {label}: [dim]cached, not re-run[/dim]")
+            return art, True, 0.0
+        self.ui.info(f"[bold]▶[/bold] {label}")
+        try:
+            art = self.cache.build_artifact(key, build)
+        except CompressError as e:
+            if label != "baseline" and not e.message.startswith(("stage", label.split()[0])):
+                e.message = f"stage '{label.split()[0]}' ({stage_type}): {e.message}"
+            raise
+        except Exception as e:  # noqa: BLE001 - a stage bug or library failure: one line, traceback with -v
+            self.ui.detail(traceback.format_exc())
+            raise StageError(f"stage '{label}' failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+                             hint="re-run with -v for the traceback; finished stages stay cached") from e
+        secs = round(time.monotonic() - t0, 2)
+        self.ui.info(f"[green]✓[/green] {label}: done in {secs} s")
+        return art, False, secs
+
+    def deployable(self, art: Artifact) -> Artifact:
+        """The ONNX artifact that is measured and shipped: ``art`` itself, or its cached export."""
+        if art.format == "onnx":
+            return art
+        key = cache_key(step="export", input=art.hash, export=self.cfg.export.model_dump(mode="json"))
+        hit = self.cache.get_artifact(key)
+        if hit is not None:
+            return hit
+
+        def build(wd: Path) -> Artifact:
+            from compress.artifact import build_module
+            from compress.export import export_onnx
+
+            model = build_module(art, self.loaded.base_dir)
+            export_onnx(model, art.input_shape, wd / ONNX, self.cfg.export, art.input_name)
+            return save_onnx(wd / ONNX, wd, like=art, producer=f"{art.producer}:export", precision=art.precision)
+
+        return self.cache.build_artifact(key, build)
+
+    def _facts(self, art: Artifact, onnx_art: Artifact) -> dict[str, Any]:
+        key = cache_key(step="facts", input=art.hash, onnx=onnx_art.hash)
+        facts = self.cache.get_json(key)
+        if facts is None:
+            from compress.facts import onnx_facts, torch_facts
+
+            facts = onnx_facts(onnx_art.path("onnx"))
+            if art.format == "torch":
+                from compress.artifact import build_module
+
+                facts.update(torch_facts(build_module(art, self.loaded.base_dir), art.input_shape))
+            self.cache.put_json(key, facts)
+        return facts
+
+    def _record(self, name: str, type_: str, config: dict, art: Artifact, hit: bool, secs: float) -> StageRecord:
+        try:
+            dep = self.deployable(art)
+        except CompressError as e:
+            e.message = f"after '{name}': {e.message}"
+            raise
+        facts = self._facts(art, dep)
+        if facts.get("macs") is None and art.parent:  # ONNX artifacts inherit MACs from their torch parent
+            facts["macs"] = self._parent_macs.get(art.parent)
+        self._parent_macs = getattr(self, "_parent_macs", {})
+        self._parent_macs[art.hash] = facts.get("macs")
+        self._deployables = getattr(self, "_deployables", {})
+        self._deployables[name] = dep
+        if art.facts.get("random_weights"):
+            self._warn("the baseline has random weights: accuracy numbers mean nothing (set model.weights or "
+                       "model.train)")
+        return StageRecord(
+            name=name, type=type_, config=config, cache_hit=hit, seconds=secs,
+            artifact=ArtifactInfo(hash=art.hash, format=art.format, precision=art.precision,
+                                  onnx_path=str(dep.path("onnx")), size_bytes=dep.size_bytes,
+                                  params=facts.get("params"), macs=facts.get("macs"),
+                                  sparsity=facts.get("sparsity"), layer_precision=facts.get("layer_precision", {})),
+            facts={**art.facts, "onnx_ops": facts.get("ops", {})},
+        )
+
+    def _warn(self, msg: str) -> None:
+        """Collected into the report and printed loudly beside the result table."""
+        if msg not in self.warnings:
+            self.warnings.append(msg)
+
+    # ---------------------------------------------------------------------------------------------
+    def _evaluate_all(self, target, arts: list[Artifact], records: list[StageRecord]) -> None:
+        import numpy as np
+
+        from compress.evaluation import run_outputs, score
+        from compress.runtimes import get_runtime
+
+        runtime = get_runtime(target.runtime)
+        ev = self.cfg.evaluation
+        tkey = target.model_dump(mode="json", exclude={"timing", "batch_size", "name"})
+        _, labels = self.dataset.split(ev.split)
+        if labels is not None and ev.max_samples:
+            labels = labels[: ev.max_samples]
+        reference = None
+        for rec in records:
+            dep = self._deployables[rec.name]
+            key = cache_key(step="evaluate", onnx=dep.hash, target=tkey, eval=ev.model_dump(mode="json"),
+                            data=self.dataset.fingerprint)
+            hit = self.cache.get_json(key)
+            out_path = self.cache.root / "results" / f"{key}.npy"
+            if hit is not None and out_path.is_file() and not self.remeasure:
+                outputs = np.load(out_path)
+                result = hit
+            else:
+                try:
+                    with runtime.open(dep.path("onnx"), target) as sess:
+                        fixed = rec.artifact and _fixed_batch(sess)
+                        outputs = run_outputs(sess, self.dataset, ev.split, ev.batch_size, ev.max_samples, fixed)
+                        info = sess.info
+                    ops = runtime.optimized_op_counts(dep.path("onnx"), target)
+                except CompressError:
+                    raise
+                except Exception as e:  # noqa: BLE001
+                    raise StageError(f"'{rec.name}' does not run on target '{target.name}': "
+                                     f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+                result = {"session": info, "optimized_ops": ops}
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(out_path, outputs)
+                self.cache.put_json(key, result)
+            scores = score(outputs, labels, reference)
+            if reference is None:
+                reference = outputs
+            rec.measurements[target.name] = Measurement(
+                target=target.name, accuracy=scores["accuracy"], agreement=scores["agreement"],
+                cosine=scores["cosine"], n_eval=scores["n"], session=result["session"],
+                optimized_ops=result["optimized_ops"])
+
+    def _time_all(self, target, arts: list[Artifact], records: list[StageRecord]) -> None:
+        from compress.runtimes import get_runtime, measure_interleaved
+        from compress.runtimes.timing import LatencyStats
+
+        deps = [self._deployables[r.name] for r in records]
+        key = cache_key(step="latency", onnx=[d.hash for d in deps], target=target.model_dump(mode="json"))
+        cached = None if self.remeasure else self.cache.get_json(key)
+        if cached is not None:
+            self.ui.info(f"[green]✓[/green] latency on {target.name}: [dim]cached, not re-measured "
+                         f"(--remeasure to time again)[/dim]")
+            for rec, stats in zip(records, cached):
+                rec.measurements[target.name].latency = LatencyStats.model_validate(stats)
+            return
+        runtime = get_runtime(target.runtime)
+        x, _ = self.dataset.split(self.cfg.evaluation.split)
+        sessions = []
+        try:
+            runners = {}
+            for rec, dep in zip(records, deps):
+                sess = runtime.open(dep.path("onnx"), target)
+                sessions.append(sess)
+                fixed = _fixed_batch(sess)
+                xb = _batch(x, fixed or target.batch_size)
+                runners[rec.name] = sess.runner(xb)
+            with self.ui.progress(f"timing {len(runners)} artifact(s) on {target.name} (interleaved)", 1000) as bar:
+                stats = measure_interleaved(runners, target.timing, progress=lambda f: bar.set(f * 1000))
+        finally:
+            for s in sessions:
+                s.close()
+        for rec in records:
+            rec.measurements[target.name].latency = stats[rec.name]
+        self.cache.put_json(key, [stats[r.name].model_dump(mode="json") for r in records])
+        self.ui.info(f"[green]✓[/green] latency on {target.name}: {len(records)} artifact(s) timed interleaved")
+
+    def _compare(self, records: list[StageRecord]) -> None:
+        """Speed-ups vs baseline and vs each stage's input; loud warnings when a stage made things worse."""
+        for t in self.cfg.targets:
+            base = records[0].measurements[t.name]
+            prev = base
+            for rec in records:
+                m = rec.measurements[t.name]
+                if m.latency and base.latency:
+                    m.speedup_vs_baseline = round(base.latency.p50_ms / m.latency.p50_ms, 4)
+                    m.speedup_vs_previous = round(prev.latency.p50_ms / m.latency.p50_ms, 4)
+                if rec is not records[0]:
+                    if m.speedup_vs_previous is not None and m.speedup_vs_previous < SLOWER:
+                        msg = (f"stage '{rec.name}' made the model SLOWER on {t.name}: p50 "
+                               f"{prev.latency.p50_ms:.3f} -> {m.latency.p50_ms:.3f} ms "
+                               f"({m.speedup_vs_previous:.2f}x of its input)")
+                        rec.warnings.append(msg)
+                        self._warn(msg)
+                    if m.accuracy is not None and prev.accuracy is not None and \
+                            prev.accuracy - m.accuracy > LESS_ACCURATE:
+                        msg = (f"stage '{rec.name}' made the model LESS ACCURATE on {t.name}: "
+                               f"{prev.accuracy:.2f}% -> {m.accuracy:.2f}% ({m.accuracy - prev.accuracy:+.2f} points)")
+                        rec.warnings.append(msg)
+                        self._warn(msg)
+                if m.latency and m.latency.unstable:
+                    msg = (f"latency of '{rec.name}' on {t.name} is unstable (robust CV {m.latency.robust_cv:.2f}); "
+                           f"the machine is busy: treat its speed-up with care")
+                    rec.warnings.append(msg)
+                    self._warn(msg)
+                prev = m
+
+    def _write(self, report: Report, final: Artifact) -> None:
+        from compress.report.markdown import render_markdown
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "report.json").write_text(report.model_dump_json(indent=2))
+        (self.out_dir / "report.md").write_text(render_markdown(report))
+        final_onnx = Path(report.records()[-1].artifact.onnx_path)
+        shutil.copyfile(final_onnx, self.out_dir / "model.onnx")
+        self.report_path = self.out_dir / "report.json"
+
+
+def _fixed_batch(sess) -> int | None:
+    shape = sess.info.get("input_shape") or []
+    return shape[0] if shape and isinstance(shape[0], int) else None
+
+
+def _batch(x, n: int):
+    import numpy as np
+
+    reps = -(-n // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:n]) if reps > 1 else np.ascontiguousarray(x[:n])

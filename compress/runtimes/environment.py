@@ -1,0 +1,157 @@
+"""Where a measurement was taken: CPU, cores, ISA flags, package versions, thread settings.
+
+No hostname, user name or paths: the fingerprint goes into shareable reports.
+Package versions are read from installed metadata; nothing heavy is imported.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+__all__ = ["fingerprint", "FLAGS_OF_INTEREST", "PACKAGES", "THREAD_ENV_VARS"]
+
+#: ISA extensions that change which kernels (and so which speed-ups) a runtime can use
+FLAGS_OF_INTEREST = (
+    "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
+    "amx_tile", "amx_int8", "amx_bf16",
+)
+#: distributions whose versions we record (the first installed alternative wins)
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "numpy": ("numpy",),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml"),
+    "torch": ("torch",),
+    "nncf": ("nncf",),
+    "torch-pruning": ("torch-pruning", "torch_pruning"),
+    "openvino": ("openvino",),
+}
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _proc_cpuinfo() -> tuple[str | None, set[str], int | None]:
+    """(model name, flags, physical cores) from /proc/cpuinfo; blanks where unavailable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None, set(), None
+    model = None
+    flags: set[str] = set()
+    cores: set[tuple[str, str]] = set()
+    phys = core = None
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key, val = key.strip(), val.strip()
+        if key == "model name" and model is None:
+            model = val
+        elif key == "flags" and not flags:
+            flags = set(val.split())
+        elif key == "physical id":
+            phys = val
+        elif key == "core id":
+            core = val
+        elif not key and phys is not None and core is not None:  # blank line ends a processor block
+            cores.add((phys, core))
+            phys = core = None
+    if phys is not None and core is not None:
+        cores.add((phys, core))
+    return model, flags, (len(cores) or None)
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu() -> dict[str, Any]:
+    """CPU model and flags. py-cpuinfo is slow (it may spawn a subprocess): cached per process."""
+    brand = None
+    flags: set[str] = set()
+    try:
+        import cpuinfo  # py-cpuinfo
+
+        info = cpuinfo.get_cpu_info()
+        brand = info.get("brand_raw") or None
+        flags = {str(f).lower() for f in info.get("flags", [])}
+    except Exception:  # not installed, or failed on this platform: fall back below
+        pass
+    proc_model, proc_flags, proc_physical = _proc_cpuinfo()
+    brand = brand or proc_model
+    flags = flags or proc_flags
+
+    physical = None
+    if importlib.util.find_spec("psutil") is not None:
+        try:
+            import psutil
+
+            physical = psutil.cpu_count(logical=False)
+        except Exception:
+            physical = None
+    physical = physical or proc_physical
+
+    present = [f for f in FLAGS_OF_INTEREST if f in flags]
+    return {
+        "cpu_model": brand,
+        "physical_cores": physical,
+        "cpu_flags": present,
+        "amx": any(f.startswith("amx") for f in present),
+        "vnni": any(f in ("avx512_vnni", "avx_vnni") for f in present),
+    }
+
+
+def _usable_cores() -> int | None:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def _cgroup_cpu_limit() -> float | None:
+    """CPU quota of this container (cgroup v2 ``cpu.max``), in cores; None when unlimited/unknown."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _version(dists: tuple[str, ...]) -> str | None:
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def fingerprint(threads: dict | None = None) -> dict:
+    """A JSON-able description of this machine and software stack.
+
+    ``threads``: the thread settings the measurement used (e.g. ``{"intra_op": 1,
+    "inter_op": 1}``), recorded verbatim under ``"threads"``.
+    """
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        load = None
+    cpu = _cpu()
+    return {
+        **cpu,
+        "cpu_flags": list(cpu["cpu_flags"]),  # a copy: callers may mutate, the cache must not change
+        "logical_cores": os.cpu_count(),
+        "usable_cores": _usable_cores(),
+        "cpu_quota_cores": _cgroup_cpu_limit(),
+        "load_avg_1m": load,
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "packages": {name: _version(dists) for name, dists in PACKAGES.items()},
+        "thread_env": {var: os.environ.get(var) for var in THREAD_ENV_VARS},
+        "threads": dict(threads) if threads else {},
+    }

@@ -1,0 +1,42 @@
+"""The stage registry: one table from ``type`` to ``"module:Class"``, imported lazily, plus the
+``compress.stages`` entry-point group for plugins (``[project.entry-points."compress.stages"]``)."""
+from __future__ import annotations
+
+import difflib
+import importlib
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compress.stages.base import Stage
+
+BUILTIN: dict[str, str] = {
+    "transform.fold_bn": "compress.stages.fold_bn:FoldBatchNorm",
+    "export.onnx": "compress.stages.export_onnx:ExportOnnx",
+}
+
+
+@lru_cache(maxsize=1)
+def registry() -> dict[str, str]:
+    """Built-in stages plus plugins registered under the ``compress.stages`` entry-point group."""
+    from importlib.metadata import entry_points
+
+    table = dict(BUILTIN)
+    for ep in entry_points(group="compress.stages"):
+        table.setdefault(ep.name, ep.value)
+    return table
+
+
+def suggest(name: str) -> str:
+    """A 'did you mean' hint for an unknown stage type."""
+    close = difflib.get_close_matches(name, list(registry()), n=1, cutoff=0.5)
+    known = ", ".join(sorted(registry()))
+    return f"did you mean '{close[0]}'? known types: {known}" if close else f"known types: {known}"
+
+
+def get_stage(type_name: str) -> "type[Stage]":
+    table = registry()
+    if type_name not in table:
+        raise KeyError(f"unknown stage type '{type_name}': {suggest(type_name)}")
+    module, _, cls = table[type_name].partition(":")
+    return getattr(importlib.import_module(module), cls)

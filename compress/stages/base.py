@@ -1,0 +1,69 @@
+"""The stage contract: one class per stage type, a static pydantic ``Config``, the artifact kinds it
+accepts and produces, and one ``run(artifact, config, ctx) -> Artifact``.
+
+Stage modules keep heavy imports (torch, nncf, onnxruntime) *inside* ``run`` so that ``compress
+validate`` and ``compress --help`` can import every stage's ``Config`` without loading them.
+
+Artifact kinds are ``"<format>/<precision class>"``: ``torch/float``, ``onnx/float``,
+``onnx/quantized``. ``compress validate`` walks the chain with :meth:`Stage.output_kind` to reject a
+stage that cannot take what the previous stage produces, before any model is loaded.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compress.artifact import Artifact
+    from compress.context import StageContext
+
+TORCH_FLOAT = "torch/float"
+ONNX_FLOAT = "onnx/float"
+ONNX_QUANTIZED = "onnx/quantized"
+KINDS = (TORCH_FLOAT, ONNX_FLOAT, ONNX_QUANTIZED)
+
+
+class StageConfig(BaseModel):
+    """Base for every stage's config: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Stage(ABC):
+    """Subclass, set the class attributes, implement :meth:`run`, and add the type to the registry."""
+
+    type: ClassVar[str]
+    Config: ClassVar[type[StageConfig]] = StageConfig
+    accepts: ClassVar[tuple[str, ...]] = (TORCH_FLOAT,)
+    summary: ClassVar[str] = ""
+
+    @classmethod
+    def output_kind(cls, config: StageConfig, input_kind: str) -> str:
+        """The artifact kind this stage produces from ``input_kind`` (default: unchanged)."""
+        return input_kind
+
+    @classmethod
+    def reject_reason(cls, config: StageConfig, input_kind: str) -> str | None:
+        """Why this stage cannot follow an artifact of ``input_kind``; ``None`` when it can."""
+        if input_kind in cls.accepts:
+            return None
+        wanted = " or ".join(cls.accepts)
+        if input_kind == ONNX_QUANTIZED:
+            why = "the model is already quantized; compress float models and quantize last, once"
+        elif input_kind.startswith("onnx") and TORCH_FLOAT in cls.accepts:
+            why = "this stage needs a float torch model; move it before the stage that exports or quantizes"
+        else:
+            why = "reorder the stages"
+        return f"accepts {wanted} but receives {input_kind}: {why}"
+
+    def __init__(self, config: StageConfig):
+        self.config = config
+
+    @abstractmethod
+    def run(self, artifact: "Artifact", ctx: "StageContext") -> "Artifact":
+        """Produce a new artifact from ``artifact``; never mutate the input."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.type, "config": self.config.model_dump(mode="json")}
