@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from compress import zoo
+from compress.calibration import CalibrationConfig
 from compress.data import DataConfig
 from compress.errors import ConfigError
 from compress.export import ExportConfig
@@ -158,6 +159,7 @@ def pipeline_model() -> type[BaseModel]:
             default_factory=lambda: [TargetConfig(name="ort-cpu")], min_length=1)
         export: ExportConfig = Field(default_factory=ExportConfig)
         evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+        calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
         stages: list[stage_union] = Field(default_factory=list)  # type: ignore[valid-type]
         gates: list[GateConfig] = Field(default_factory=list)
         output: OutputConfig = Field(default_factory=OutputConfig)

@@ -11,8 +11,11 @@ from compress.artifact import Artifact, build_module
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from compress.config import ExportConfig
+    import numpy as np
+
+    from compress.calibration import CalibrationConfig
     from compress.data import Dataset
+    from compress.export import ExportConfig
 
 ProgressFactory = Callable[[str, int], Any]
 
@@ -33,6 +36,7 @@ class StageContext:
     work_dir: Path
     export: "ExportConfig"
     base_dir: Path
+    calibration: "CalibrationConfig | None" = None
     stage_name: str = ""
     log: Callable[[str], None] = print
     progress: Callable[[str, int], Any] = null_progress  # context manager: (description, total) -> .update()
@@ -41,6 +45,12 @@ class StageContext:
     def load_torch(self, art: Artifact) -> "torch.nn.Module":
         """A fresh, independent torch module for ``art`` (stages may modify it freely)."""
         return build_module(art, self.base_dir)
+
+    def calibration_samples(self, samples: int | None = None) -> "np.ndarray":
+        """The pipeline's seeded calibration subset (``calibration:``), optionally resized to ``samples``."""
+        from compress.calibration import CalibrationConfig, calibration_samples
+
+        return calibration_samples(self.dataset, self.calibration or CalibrationConfig(), samples)
 
     def train_progress(self, description: str, total: int):
         """A ``progress=`` callback for :func:`compress.training.train` plus its context manager."""

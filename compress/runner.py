@@ -66,8 +66,10 @@ class Runner:
         for spec in self.cfg.stages:
             stage = get_stage(spec.type)(spec.config)
             key = cache_key(step="stage", type=spec.type, config=spec.config.model_dump(mode="json"),
-                            input=art.hash, data=ds.fingerprint)
+                            input=art.hash, data=ds.fingerprint,
+                            calibration=self.cfg.calibration.model_dump(mode="json"))
             ctx_base = dict(dataset=ds, export=self.cfg.export, base_dir=self.loaded.base_dir, stage_name=spec.name,
+                            calibration=self.cfg.calibration,
                             log=lambda m, n=spec.name: self.ui.info(f"  [{n}] {m}"), progress=self.ui.progress)
 
             def build(wd: Path, stage=stage, prev=art, ctx_base=ctx_base) -> Artifact:

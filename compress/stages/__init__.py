@@ -13,6 +13,9 @@ if TYPE_CHECKING:  # pragma: no cover
 BUILTIN: dict[str, str] = {
     "transform.fold_bn": "compress.stages.fold_bn:FoldBatchNorm",
     "export.onnx": "compress.stages.export_onnx:ExportOnnx",
+    "quantize.ptq": "compress.stages.quantize_ptq:QuantizePTQ",
+    "quantize.qat": "compress.stages.quantize_qat:QuantizeQAT",
+    "quantize.weights": "compress.stages.quantize_weights:QuantizeWeights",
 }
 
 
