@@ -64,20 +64,22 @@ def load_weights(model: "torch.nn.Module", path: Path, where: str) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ConfigError(f"{where} model.weights: '{path}' holds a {type(state).__name__}, not a state dict")
-    result = model.load_state_dict(state, strict=False)
     own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
     bad = [k for k, v in state.items() if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
-    if result.missing_keys or result.unexpected_keys or bad:
+    if missing or unexpected or bad:
         parts = []
-        if result.missing_keys:
-            parts.append(f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[0]})")
-        if result.unexpected_keys:
-            parts.append(f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[0]})")
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if bad:
             parts.append(f"{len(bad)} with the wrong shape (e.g. {bad[0]}: {tuple(state[bad[0]].shape)} vs "
                          f"{tuple(own[bad[0]].shape)})")
         raise ConfigError(f"{where} model.weights: '{path.name}' does not match the model: {'; '.join(parts)}",
                           hint="check model.kwargs (e.g. num_classes) or the weights file")
+    model.load_state_dict(state, strict=True)
 
 
 def baseline_key_parts(loaded: "LoadedConfig", data_fp: str) -> dict[str, Any]:

@@ -50,20 +50,30 @@ class ModelConfig(_Strict):
     recalibrate_bn: bool = Field(False, description="Re-estimate BatchNorm statistics on data.train "
                                  "(for random-weight models used only for latency).")
 
+    @field_validator("zoo")
+    @classmethod
+    def _known_zoo(cls, v: str | None) -> str | None:
+        if v is not None and v not in zoo.ZOO:
+            import difflib
+
+            close = difflib.get_close_matches(v, zoo.names(), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(f"unknown zoo model '{v}': {hint}known: {', '.join(zoo.names())}")
+        return v
+
+    @field_validator("callable")
+    @classmethod
+    def _callable_form(cls, v: str | None) -> str | None:
+        if v is not None and ":" not in v:
+            raise ValueError(f"must look like 'module:function', got '{v}'")
+        return v
+
     @model_validator(mode="after")
     def _one_source(self) -> "ModelConfig":
         given = [k for k in ("zoo", "callable", "onnx") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("set exactly one of model.zoo, model.callable or model.onnx"
                              + (f" (got {', '.join(given)})" if given else ""))
-        if self.zoo and self.zoo not in zoo.ZOO:
-            import difflib
-
-            close = difflib.get_close_matches(self.zoo, zoo.names(), n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ValueError(f"unknown zoo model '{self.zoo}': {hint}known: {', '.join(zoo.names())}")
-        if self.callable and ":" not in self.callable:
-            raise ValueError(f"model.callable must look like 'module:function', got '{self.callable}'")
         if self.weights and self.train:
             raise ValueError("set model.weights or model.train, not both")
         if self.onnx and (self.weights or self.train or self.kwargs):
@@ -260,12 +270,13 @@ class LoadedConfig:
     def __init__(self, config: Any, path: Path, node: yaml.Node | None):
         self.config = config
         self.path = path.resolve()
+        self.display = str(path)
         self.base_dir = self.path.parent
         self._node = node
 
     def where(self, *loc: Any) -> str:
         pos = _locate(self._node, loc)
-        return f"{self.path}:{pos[0]}:{pos[1]}" if pos else str(self.path)
+        return f"{self.display}:{pos[0]}:{pos[1]}" if pos else self.display
 
     def resolve(self, rel: str) -> Path:
         p = Path(rel).expanduser()

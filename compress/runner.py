@@ -37,6 +37,8 @@ class Runner:
         self.remeasure = remeasure
         self.out_dir = Path(output_dir or self.cfg.output.dir or Path("runs") / loaded.name)
         self.warnings: list[str] = []
+        self._macs: dict[str, int | None] = {}  # artifact hash -> MACs, inherited by ONNX children
+        self._deployables: dict[str, Artifact] = {}  # record name -> the ONNX artifact measured
 
     # ---------------------------------------------------------------------------------------------
     def run(self) -> Report:
@@ -170,10 +172,8 @@ class Runner:
             raise
         facts = self._facts(art, dep)
         if facts.get("macs") is None and art.parent:  # ONNX artifacts inherit MACs from their torch parent
-            facts["macs"] = self._parent_macs.get(art.parent)
-        self._parent_macs = getattr(self, "_parent_macs", {})
-        self._parent_macs[art.hash] = facts.get("macs")
-        self._deployables = getattr(self, "_deployables", {})
+            facts["macs"] = self._macs.get(art.parent)
+        self._macs[art.hash] = facts.get("macs")
         self._deployables[name] = dep
         if art.facts.get("random_weights"):
             self._warn("the baseline has random weights: accuracy numbers mean nothing (set model.weights or "

@@ -20,7 +20,7 @@ class DistillConfig(BaseModel):
     """Knowledge distillation from a teacher (by default the stage's float input model)."""
 
     model_config = ConfigDict(extra="forbid")
-    temperature: float = Field(4.0, gt=0)
+    temperature: float = Field(4.0, gt=0, description="Softens both distributions; the KL term is scaled by T^2.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the KD term; 1 - alpha weighs the label loss.")
 
 
@@ -28,28 +28,40 @@ class TrainConfig(BaseModel):
     """Training / fine-tuning settings shared by every stage that trains."""
 
     model_config = ConfigDict(extra="forbid")
-    epochs: float = Field(5, gt=0, description="Passes over data.train (fractions allowed).")
+    epochs: float = Field(5, gt=0, description="Passes over the training split (fractions allowed).")
     steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs when set.")
-    batch_size: int = Field(64, ge=1)
-    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "cosine"] = "cosine"
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    seed: int = 0
+    batch_size: int = Field(64, ge=1, description="Samples per optimizer step.")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("adam", description="torch.optim optimizer.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (optimizer: sgd only).")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty passed to the optimizer.")
+    schedule: Literal["constant", "cosine"] = Field("cosine", description="Learning-rate schedule over the "
+                                                    "planned steps (cosine decays to 0).")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy term.")
+    seed: int = Field(0, description="Seeds the batch order and any randomness in the model (dropout); the "
+                      "caller's global torch RNG state is restored afterwards.")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads while training (None: torch's "
+                                "default). 1 is fastest for small models on a busy machine.")
     max_minutes: float | None = Field(None, gt=0, description="Stop early after this wall time.")
-    distill: DistillConfig | None = None
+    eval_every: int | Literal["epoch"] | None = Field(
+        None, description="Evaluate top-1 accuracy on eval_split every N steps, or every 'epoch', and at the "
+        "end; shown in the progress bar (acc=...) and recorded as an eval curve. None: no evaluation.")
+    eval_split: Literal["eval", "calibration", "train"] = Field("eval", description="Data split evaluated "
+                                                                "by eval_every.")
+    distill: DistillConfig | None = Field(None, description="Add the KD loss from a teacher (the stage decides "
+                                          "which: by default its float input model).")
 
     @model_validator(mode="after")
     def _ok(self) -> "TrainConfig":
         if self.optimizer != "sgd" and self.momentum != 0.9:
             raise ValueError("momentum applies to optimizer: sgd only")
+        if isinstance(self.eval_every, int) and self.eval_every < 1:
+            raise ValueError("eval_every must be a positive number of steps or 'epoch'")
         return self
 
 
 def total_steps(cfg: TrainConfig, n_train: int) -> int:
-    per_epoch = max(1, -(-n_train // cfg.batch_size))
+    per_epoch = steps_per_epoch(cfg, n_train)
     return cfg.steps if cfg.steps is not None else max(1, int(round(cfg.epochs * per_epoch)))
 
 
@@ -72,6 +84,10 @@ def kd_loss(student_logits, teacher_logits, temperature: float):
                     reduction="batchmean") * (t * t)
 
 
+def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
+    return max(1, -(-n_train // cfg.batch_size))
+
+
 def train(
     model: "torch.nn.Module",
     dataset: "Dataset",
@@ -81,12 +97,17 @@ def train(
     split: str = "train",
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     after_step: Callable[["torch.nn.Module", int], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``dataset``'s ``split``; return a small history for the report.
 
     ``teacher`` (eval mode, frozen) adds the KD term when ``cfg.distill`` is set. ``after_step`` lets a
-    stage act between steps (e.g. re-apply a pruning mask). Raises ``ValueError`` if labels are missing
-    and no teacher is given.
+    stage act between steps (e.g. re-apply a pruning mask). ``progress(step, total, info)`` is called
+    after every step with ``info = {"loss": ..., "acc": ...}`` (``acc`` once evaluated). ``clock`` (in
+    seconds) is what ``max_minutes`` is checked against. Raises ``ValueError`` if labels are missing and
+    no teacher is given, or if ``eval_every`` is set and the eval split has no labels.
+
+    Deterministic on CPU: the same ``cfg.seed``, model and data give bit-identical weights.
     """
     import torch
     import torch.nn.functional as F
@@ -97,54 +118,88 @@ def train(
     use_kd = teacher is not None and cfg.distill is not None
     if y_np is None and not use_kd:
         raise ValueError("training needs labels, or a teacher with distill: set")
-    g = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    if cfg.eval_every is not None:
+        ex, ey = dataset.split(cfg.eval_split)
+        if ey is None or len(ex) == 0:
+            raise ValueError(f"eval_every needs labels in the '{cfg.eval_split}' split: unset eval_every")
     x = torch.from_numpy(x_np)
     y = torch.from_numpy(y_np) if y_np is not None else None
     n = len(x)
     steps = total_steps(cfg, n)
-    opt = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.schedule == "cosine" else None
-    if teacher is not None:
-        teacher.eval()
-    model.train()
-    start = time.monotonic()
-    step, losses, stopped_early = 0, [], False
-    perm = torch.randperm(n, generator=g)
-    pos = 0
-    while step < steps:
-        if pos >= n:
-            perm, pos = torch.randperm(n, generator=g), 0
-        idx = perm[pos:pos + cfg.batch_size]
-        pos += cfg.batch_size
-        xb = x[idx]
-        out = model(xb)
-        loss = torch.zeros((), dtype=out.dtype)
-        if y is not None and (not use_kd or cfg.distill.alpha < 1):
-            ce = F.cross_entropy(out, y[idx], label_smoothing=cfg.label_smoothing)
-            loss = loss + (1 - cfg.distill.alpha if use_kd else 1.0) * ce
-        if use_kd:
-            with torch.no_grad():
-                t_out = teacher(xb)
-            loss = loss + cfg.distill.alpha * kd_loss(out, t_out, cfg.distill.temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        step += 1
-        losses.append(float(loss.detach()))
-        if after_step is not None:
-            after_step(model, step)
-        if progress is not None:
-            progress(step, steps, {"loss": losses[-1]})
-        if cfg.max_minutes is not None and time.monotonic() - start > cfg.max_minutes * 60:
-            stopped_early = True
-            break
+    every = steps_per_epoch(cfg, n) if cfg.eval_every == "epoch" else cfg.eval_every
+    threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        with torch.random.fork_rng(devices=[]):  # seed here, leave the caller's RNG as it was
+            torch.manual_seed(cfg.seed)
+            g = torch.Generator().manual_seed(cfg.seed)
+            opt = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.schedule == "cosine" else None
+            if teacher is not None:
+                teacher.eval()
+            model.train()
+            start = clock()
+            step, losses, stopped_early = 0, [], False
+            curve: list[dict[str, float]] = []
+            perm = torch.randperm(n, generator=g)
+            pos = 0
+            while step < steps:
+                if pos >= n:
+                    perm, pos = torch.randperm(n, generator=g), 0
+                idx = perm[pos:pos + cfg.batch_size]
+                pos += cfg.batch_size
+                xb = x[idx]
+                out = model(xb)
+                loss = torch.zeros((), dtype=out.dtype)
+                if y is not None and (not use_kd or cfg.distill.alpha < 1):
+                    ce = F.cross_entropy(out, y[idx], label_smoothing=cfg.label_smoothing)
+                    loss = loss + (1 - cfg.distill.alpha if use_kd else 1.0) * ce
+                if use_kd:
+                    with torch.no_grad():
+                        t_out = teacher(xb)
+                    loss = loss + cfg.distill.alpha * kd_loss(out, t_out, cfg.distill.temperature)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                step += 1
+                losses.append(float(loss.detach()))
+                if after_step is not None:
+                    after_step(model, step)
+                out_of_time = cfg.max_minutes is not None and clock() - start > cfg.max_minutes * 60
+                if every is not None and (step % every == 0 or step == steps or out_of_time):
+                    _evaluate(model, dataset, cfg, step, steps_per_epoch(cfg, n), losses, curve)
+                if progress is not None:
+                    info = {"loss": losses[-1]}
+                    if curve:
+                        info["acc"] = curve[-1]["accuracy"]
+                    progress(step, steps, info)
+                if out_of_time and step < steps:
+                    stopped_early = True
+                    break
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     tail = losses[-max(1, len(losses) // 10):]
-    return {"steps": step, "planned_steps": steps, "final_loss": sum(tail) / len(tail),
-            "seconds": round(time.monotonic() - start, 2), "stopped_early": stopped_early, "kd": use_kd}
+    hist: dict[str, Any] = {"steps": step, "planned_steps": steps, "final_loss": round(sum(tail) / len(tail), 6),
+                            "seconds": round(clock() - start, 2), "stopped_early": stopped_early, "kd": use_kd}
+    if curve:
+        hist["eval_curve"] = curve
+        hist["final_eval_accuracy"] = curve[-1]["accuracy"]
+    return hist
+
+
+def _evaluate(model, dataset, cfg: TrainConfig, step: int, per_epoch: int, losses: list[float],
+              curve: list[dict[str, float]]) -> None:
+    """Append ``{step, epoch, loss (mean since the last point), accuracy}`` to ``curve``; back to train mode."""
+    since = curve[-1]["step"] if curve else 0
+    window = losses[int(since):]
+    curve.append({"step": step, "epoch": round(step / per_epoch, 3),
+                  "loss": round(sum(window) / max(len(window), 1), 6),
+                  "accuracy": round(accuracy(model, dataset, cfg.eval_split), 4)})
+    model.train()
 
 
 def accuracy(model: "torch.nn.Module", dataset: "Dataset", split: str = "eval", batch_size: int = 256) -> float:

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny pipelines that run end to end in seconds."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
+
+FAST_TIMING = {"warmup_runs": 1, "warmup_seconds": 0.0, "min_runs": 3, "max_runs": 20, "min_seconds": 0.005,
+               "max_seconds": 1.0, "block": 2}
+
+
+def tiny_pipeline(tmp: Path, **overrides) -> dict:
+    """A small, fast pipeline: tiny_cnn trained for a few steps on 400 digits."""
+    cfg = {
+        "name": "tiny",
+        "model": {"zoo": "tiny_cnn", "kwargs": {"num_classes": 10, "in_channels": 1, "width": 8},
+                  "input_shape": [1, 1, 8, 8], "train": {"steps": 30, "batch_size": 32, "lr": 0.01}},
+        "data": {"source": "digits", "limit": 400},
+        "targets": [{"name": "ort", "timing": FAST_TIMING}],
+        "stages": [{"name": "fold", "type": "transform.fold_bn"}, {"name": "export", "type": "export.onnx"}],
+        "output": {"dir": str(tmp / "run"), "cache_dir": str(tmp / "cache")},
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def write_yaml(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path: Path):
+    def make(**overrides) -> Path:
+        return write_yaml(tmp_path / "pipe.yaml", tiny_pipeline(tmp_path, **overrides))
+
+    return make
