@@ -110,6 +110,9 @@ def build_baseline(loaded: "LoadedConfig", dataset: "Dataset", work_dir: Path,
     if m.onnx:
         shutil.copyfile(loaded.resolve(m.onnx), work_dir / ONNX)
         return save_onnx(work_dir / ONNX, work_dir, like=stub, producer="baseline", precision="float32")
+    import torch
+
+    torch.manual_seed(m.train.seed if m.train else 0)  # weight init is part of the recipe: make it repeatable
     model = _instantiate(loaded, stub.recipe)
     facts: dict[str, Any] = {}
     if m.weights:
