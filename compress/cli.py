@@ -35,6 +35,7 @@ def main() -> None:
     \b
       compress run pipelines/quickstart.yaml     run a pipeline, write report.json/.md, gate
       compress validate pipeline.yaml            check a pipeline without loading a model
+      compress report runs/x/report.json         render a report again (Markdown or table)
       compress schema                            JSON Schema of the pipeline format
       compress stages                            list stage types and zoo models
     """
@@ -109,6 +110,33 @@ def validate(pipeline: str) -> None:
     chain = " -> ".join(["model"] + [s.name for s in cfg.stages])
     click.echo(f"{pipeline}: ok ({len(cfg.stages)} stage(s): {chain}; final artifact {kinds[-1]}; "
                f"{len(cfg.targets)} target(s); {len(cfg.gates)} gate(s))")
+
+
+@main.command()
+@click.argument("report_json", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["md", "table"]), default="md", show_default=True)
+def report(report_json: str, fmt: str) -> None:
+    """Render a report.json again (Markdown for a PR comment, or the terminal table); exit 1 if it failed a gate."""
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from compress.report.markdown import render_markdown
+    from compress.report.model import Report
+    from compress.ui import UI
+
+    try:
+        rep = Report.model_validate_json(Path(report_json).read_text())
+    except ValidationError as e:
+        UI().error(f"{report_json}: not a compress report (schema version 1): {e.errors()[0]['msg']}")
+        sys.exit(2)
+    if fmt == "md":
+        click.echo(render_markdown(rep), nl=False)
+    else:
+        from compress.report.console import print_report
+
+        print_report(UI(), rep, Path(report_json))
+    sys.exit(1 if rep.status == "gate_failed" else 0)
 
 
 @main.command()

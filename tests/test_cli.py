@@ -77,6 +77,15 @@ def test_impossible_gate_exits_1(tmp_path, tiny_yaml):
     assert gates[0]["threshold"] == 1000.0 and gates[0]["margin"] < 0 and gates[0]["observed"] > 0
 
 
+def test_report_command_rerenders(tmp_path, tiny_yaml):
+    assert run("run", str(tiny_yaml(gates=[{"metric": "speedup", "min": 1000.0}]))).exit_code == 1
+    r = run("report", str(tmp_path / "run" / "report.json"))
+    assert r.exit_code == 1 and r.output == (tmp_path / "run" / "report.md").read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert run("report", str(bad)).exit_code == 2
+
+
 def test_validate_misspelled_key_exits_2(tmp_path):
     cfg = tiny_pipeline(tmp_path)
     cfg["data"]["lmit"] = 3
