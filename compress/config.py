@@ -91,13 +91,28 @@ class TargetConfig(_Strict):
     """A runtime to deploy to; every artifact is timed and evaluated on every target."""
 
     name: str
-    runtime: Literal["onnxruntime"] = "onnxruntime"
+    runtime: str = Field("onnxruntime", description="A registered runtime (compress.runtimes.base.RUNTIMES).")
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     threads: int = Field(1, ge=0, description="Intra-op threads (0 = runtime default). 1 gives stable timings.")
     inter_op_threads: int = Field(1, ge=0)
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     batch_size: int = Field(1, ge=1, description="Batch size for latency.")
     timing: TimingPolicy = Field(default_factory=TimingPolicy)
+
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, v: str) -> str:
+        from compress.runtimes.base import RUNTIMES, available
+
+        if v not in RUNTIMES:
+            import difflib
+
+            close = difflib.get_close_matches(v, list(RUNTIMES), n=1)
+            raise ValueError(f"unknown runtime '{v}': {f'did you mean {close[0]!r}? ' if close else ''}"
+                             f"known: {', '.join(sorted(RUNTIMES))}")
+        if not available(v):
+            raise ValueError(f"runtime '{v}' is registered but its package is not installed")
+        return v
 
 
 class EvaluationConfig(_Strict):

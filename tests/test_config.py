@@ -98,3 +98,8 @@ def test_validate_does_not_import_heavy_libraries(tiny_yaml):
             "assert not heavy, heavy" % str(tiny_yaml()))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_unknown_runtime_suggests(tiny_yaml):
+    msg = _err(tiny_yaml(targets=[{"name": "a", "runtime": "onnxruntim"}]))
+    assert "targets[0].runtime" in msg and "did you mean 'onnxruntime'" in msg
