@@ -90,6 +90,13 @@ class CalibrationSet:
         for start in range(0, self.count, bs):
             yield self.x[start:start + bs]
 
+    def head(self, n: int) -> "CalibrationSet":
+        """The first ``n`` samples, fingerprinted anew (for libraries that need equal batches)."""
+        if n >= self.count:
+            return self
+        return CalibrationSet(x=self.x[:n], fingerprint=fingerprint_array(self.x[:n]),
+                              source=f"{self.source}, first {n} used", batch_size=self.batch_size)
+
     def describe(self) -> dict[str, Any]:
         return {"samples": self.count, "fingerprint": self.fingerprint, "source": self.source,
                 "batch_size": self.batch_size, "sample_shape": [int(d) for d in self.x.shape[1:]]}

@@ -367,6 +367,10 @@ def check_paths(loaded: LoadedConfig) -> None:
     if cfg.data.path and not loaded.resolve(cfg.data.path).exists():
         problems.append(f"{loaded.where('data', 'path')} data.path: '{cfg.data.path}' not found (relative paths "
                         f"resolve against {loaded.base_dir})")
+    cal = cfg.calibration.path
+    if cal and not loaded.resolve(cal).exists():
+        problems.append(f"{loaded.where('calibration', 'path')} calibration.path: '{cal}' not found (relative paths "
+                        f"resolve against {loaded.base_dir}; see calibration/README.md)")
     if problems:
         raise ConfigError("\n".join(problems))
 

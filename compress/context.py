@@ -50,7 +50,7 @@ class StageContext:
         """The pipeline's seeded calibration subset (``calibration:``), optionally resized to ``samples``."""
         from compress.calibration import CalibrationConfig, calibration_samples
 
-        return calibration_samples(self.dataset, self.calibration or CalibrationConfig(), samples)
+        return calibration_samples(self.dataset, self.calibration or CalibrationConfig(), samples, self.base_dir)
 
     def train_progress(self, description: str, total: int):
         """A ``progress=`` callback for :func:`compress.training.train` plus its context manager."""

@@ -65,11 +65,16 @@ class Runner:
         # stages
         from compress.stages import get_stage
 
+        calib = self.cfg.calibration.model_dump(mode="json")
+        if self.cfg.calibration.path:  # key on the calibration data itself, not just its path
+            from compress.calibration import read_calibration_set
+
+            calib["sha256"] = read_calibration_set(self.cfg.calibration.path, self.loaded.base_dir)[1]["sha256"]
         for spec in self.cfg.stages:
             stage = get_stage(spec.type)(spec.config)
             key = cache_key(step="stage", type=spec.type, config=spec.config.model_dump(mode="json"),
                             input=art.hash, data=ds.fingerprint,
-                            calibration=self.cfg.calibration.model_dump(mode="json"))
+                            calibration=calib)
             ctx_base = dict(dataset=ds, export=self.cfg.export, base_dir=self.loaded.base_dir, stage_name=spec.name,
                             calibration=self.cfg.calibration,
                             log=lambda m, n=spec.name: self.ui.info(f"  [{n}] {m}"), progress=self.ui.progress)

@@ -9,6 +9,11 @@ import yaml
 
 os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
 
+import torch  # noqa: E402
+
+# Tiny test models train fastest on one thread, and a shared CI box stays responsive.
+torch.set_num_threads(1)
+
 FAST_TIMING = {"warmup_runs": 1, "warmup_seconds": 0.0, "min_runs": 3, "max_runs": 20, "min_seconds": 0.005,
                "max_seconds": 1.0, "block": 2}
 

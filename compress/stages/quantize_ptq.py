@@ -16,11 +16,13 @@ Maps to one of two library calls on the float ONNX model (``backend:``):
   activation/weight signedness itself (so ``activation_type``/``weight_type`` are rejected there) and
   adds bias correction.
 
-A torch input is folded first (``transform.fold_bn``'s :func:`~compress.stages.fold_bn.fold`) and
-exported with the pipeline's ``export:`` settings; BatchNorm left in the float graph is refused,
-because QDQ around an unfolded BatchNorm runs several times slower in ORT. After quantizing, the model
-is opened in ONNX Runtime (CPU, graph optimization ``all``) and its optimized graph must contain
-integer kernels: a model that only carries fake-quant ops a runtime executes in float is an error.
+A torch input is exported with the pipeline's ``export:`` settings (the exporters fold Conv+BatchNorm);
+BatchNorm the exporter leaves is folded with ``transform.fold_bn``'s :func:`~compress.stages.fold_bn.fold`
+and the model exported again; BatchNorm still left in the float graph is refused, because QDQ around an
+unfolded BatchNorm runs several times slower in ORT. After quantizing, the model is opened in ONNX
+Runtime (CPU, graph optimization ``all``) and its optimized graph must contain integer kernels: a model
+that only carries fake-quant ops a runtime executes in float is an error. The facts name the weight and
+activation precision of every Conv/MatMul/Gemm and count the integer and float compute kernels ORT runs.
 """
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ FLOAT_COMPUTE_OPS = frozenset({
     "Conv", "FusedConv", "NhwcFusedConv", "ConvTranspose", "MatMul", "FusedMatMul", "Gemm", "FusedGemm",
     "Attention", "MultiHeadAttention",
 })
+#: ops ONNX Runtime's QDQ propagation moves quantization across (so the consumer still gets int8 input)
+_QDQ_TRANSPARENT = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze"})
 _ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 #: calibration_method -> nncf RangeEstimatorParametersSet member (activations)
 _NNCF_METHODS = {"minmax": "MINMAX", "percentile": "MEAN_QUANTILE"}
@@ -145,6 +149,8 @@ def activation_precision(onnx_path: Path) -> dict[str, str]:
         if node.op_type not in ("Conv", "MatMul", "Gemm", "ConvTranspose"):
             continue
         prod = producers.get(node.input[0])
+        while prod is not None and prod.op_type in _QDQ_TRANSPARENT:  # ORT moves Q/DQ across these
+            prod = producers.get(prod.input[0])
         if prod is not None and prod.op_type == "DequantizeLinear" and len(prod.input) > 2:
             out[node.name or node.input[1]] = _weight_precision(prod.input[2], inits, producers, prod)
         elif prod is not None and prod.op_type == "DequantizeLinear":
@@ -179,13 +185,6 @@ class QuantizePTQ(Stage):
     def output_kind(cls, config, input_kind: str) -> str:
         return ONNX_QUANTIZED
 
-    @classmethod
-    def reject_reason(cls, config, input_kind: str) -> str | None:
-        if input_kind == ONNX_QUANTIZED:
-            return ("the model is already quantized: quantize.ptq must see a float model (quantize once, last; "
-                    "put torch stages such as pruning and transform.fold_bn before it)")
-        return super().reject_reason(config, input_kind)
-
     # ---------------------------------------------------------------------------------------------
     def run(self, artifact: "Artifact", ctx: "StageContext") -> "Artifact":
         import tempfile
@@ -198,6 +197,7 @@ class QuantizePTQ(Stage):
         cfg = self.config
         facts: dict[str, Any] = {"backend": cfg.backend, "settings": cfg.applied(), "input_kind": artifact.kind}
         out = ctx.work_dir / ONNX
+        cal = load_calibration(ctx, samples=cfg.samples, sample_shape=artifact.input_shape[1:])  # fail fast
         with tempfile.TemporaryDirectory(prefix="compress-ptq-") as tmp:
             tmp = Path(tmp)
             src = self._float_onnx(artifact, ctx, tmp, facts)
@@ -205,13 +205,19 @@ class QuantizePTQ(Stage):
                 src = self._preprocess(src, tmp)
             self._refuse_batchnorm(src, artifact)
             self._check_ignored(src)
-            cal = load_calibration(ctx, samples=cfg.samples, sample_shape=artifact.input_shape[1:])
-            facts["calibration"] = cal.describe()
-            ctx.log(f"calibrating on {cal.count} sample(s) ({cal.source}; fingerprint {cal.fingerprint[:12]})")
-            if cfg.backend == "onnxruntime":
-                facts["library"] = self._quantize_ort(src, out, cal, ctx)
-            else:
-                facts["library"] = self._quantize_nncf(src, out, cal, ctx)
+            name, fixed = self._input(_load(src))
+            bs = fixed or cal.batch_size
+            if fixed is not None and fixed < cal.batch_size:
+                ctx.log(f"the model's batch size is fixed at {fixed}: calibrating {fixed} sample(s) at a time "
+                        "(slower; export.dynamic_batch: true lets calibration use batches)")
+            if cfg.backend == "onnxruntime" and cfg.calibration_method != "minmax" and not fixed:
+                bs, cal = _equal_batches(cal, bs)
+            batches = _exact_batches(cal, bs, fixed is not None)
+            facts["calibration"] = {**cal.describe(), "batch_size": bs, "batches": len(batches)}
+            ctx.log(f"calibrating on {cal.count} sample(s) in {len(batches)} batch(es) of {bs} ({cal.source}; "
+                    f"fingerprint {cal.fingerprint[:12]})")
+            quantize = self._quantize_ort if cfg.backend == "onnxruntime" else self._quantize_nncf
+            facts["library"] = quantize(src, out, name, batches, ctx)
 
         ints, floats = integer_kernel_counts(out)
         facts["integer_op_types"] = ints
@@ -219,10 +225,10 @@ class QuantizePTQ(Stage):
         facts["float_compute_op_types"] = floats
         facts["float_compute_ops_left"] = sum(floats.values())
         if not ints:
-            raise StageError("quantize.ptq: ONNX Runtime's optimized graph has no integer kernels (only "
-                             f"{', '.join(f'{k} x{v}' for k, v in floats.items()) or 'float ops'}): the model would run "
-                             "as fake-quant in float", hint="check ignored: patterns; with backend: nncf try "
-                             "backend: onnxruntime")
+            found = ", ".join(f"{k} x{v}" for k, v in floats.items()) or "float ops"
+            raise StageError(f"quantize.ptq: ONNX Runtime's optimized graph has no integer kernels (only {found}): "
+                             "the model would run as fake-quant in float",
+                             hint="check ignored: patterns; with backend: nncf try backend: onnxruntime")
         of = onnx_facts(out)
         layers = of["layer_precision"]
         acts = activation_precision(out)
@@ -242,21 +248,28 @@ class QuantizePTQ(Stage):
 
     # ---------------------------------------------------------------------------------------------
     def _float_onnx(self, artifact: "Artifact", ctx: "StageContext", tmp: Path, facts: dict[str, Any]) -> Path:
-        """The float ONNX file to quantize: the input's own, or a BN-folded export of the torch input."""
+        """The float ONNX file to quantize: the input's own, or an export of the torch input.
+
+        Both exporters fold Conv+BatchNorm in eval mode (keeping readable node names); only when a
+        BatchNormalization node survives is the model folded with ``transform.fold_bn``'s logic and
+        exported again."""
         if artifact.format == "onnx":
             return artifact.path("onnx")
+        from compress.errors import StageError
         from compress.export import export_onnx
         from compress.stages.fold_bn import fold
 
         model = ctx.load_torch(artifact)
+        path = export_onnx(model, artifact.input_shape, tmp / "float.onnx", ctx.export, artifact.input_name)
+        if not _ops(path).get("BatchNormalization"):
+            return path
         try:
-            model, counts = fold(model)
-        except Exception as e:  # noqa: BLE001 - untraceable models: rely on the exporter's own folding
-            counts = {"folded": 0, "not_folded": [], "fold_skipped": str(e).splitlines()[0]}
+            gm, counts = fold(model)
+        except StageError:  # not traceable by torch.fx: the BatchNorm check below refuses with the fix
+            return path
         facts["bn_folded"] = counts["folded"]
-        if counts["folded"]:
-            ctx.log(f"folded {counts['folded']} BatchNorm layer(s) before quantization")
-        return export_onnx(model, artifact.input_shape, tmp / "float.onnx", ctx.export, artifact.input_name)
+        ctx.log(f"folded {counts['folded']} BatchNorm layer(s) the exporter left before quantization")
+        return export_onnx(gm, artifact.input_shape, tmp / "float.onnx", ctx.export, artifact.input_name)
 
     def _preprocess(self, src: Path, tmp: Path) -> Path:
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -305,8 +318,7 @@ class QuantizePTQ(Stage):
                              hint=f"node names look like {names[0]!r} ... {names[-1]!r}")
 
     # ---------------------------------------------------------------------------------------------
-    def _quantize_ort(self, src: Path, out: Path, cal: "CalibrationSet", ctx: "StageContext") -> str:
-        import onnx
+    def _quantize_ort(self, src: Path, out: Path, name: str, batches: list, ctx: "StageContext") -> str:
         import onnxruntime
         from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                               quantize_static)
@@ -314,11 +326,7 @@ class QuantizePTQ(Stage):
         from compress.errors import StageError
 
         cfg = self.config
-        model = onnx.load(str(src), load_external_data=False)
-        name, fixed = self._input(model)
-        bs = fixed or cal.batch_size
-        batches = _exact_batches(cal, bs, fixed is not None)
-        exclude = _match(cfg.ignored, [n.name for n in model.graph.node])
+        exclude = _match(cfg.ignored, [n.name for n in _load(src).graph.node])
 
         class Reader(CalibrationDataReader):
             def __init__(self):
@@ -334,11 +342,12 @@ class QuantizePTQ(Stage):
         qt = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
         with ctx.progress(f"calibrating ({cfg.calibration_method}) and quantizing with onnxruntime", 1) as bar:
             try:
-                quantize_static(
-                    str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
-                    activation_type=qt[cfg.activation_type], weight_type=qt[cfg.weight_type],
-                    nodes_to_exclude=exclude or None,
-                    calibrate_method=getattr(CalibrationMethod, _ORT_METHODS[cfg.calibration_method]))
+                with _quiet():  # its histogram calibrators print to stdout
+                    quantize_static(
+                        str(src), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+                        activation_type=qt[cfg.activation_type], weight_type=qt[cfg.weight_type],
+                        nodes_to_exclude=exclude or None,
+                        calibrate_method=getattr(CalibrationMethod, _ORT_METHODS[cfg.calibration_method]))
             except Exception as e:  # noqa: BLE001
                 raise StageError(f"quantize.ptq: onnxruntime quantize_static failed: {type(e).__name__}: "
                                  f"{_first_line(e)}", hint="try preprocess: true/false, per_channel: false, or "
@@ -349,9 +358,9 @@ class QuantizePTQ(Stage):
         return (f"onnxruntime {onnxruntime.__version__} quantize_static (QDQ, "
                 f"{'U' if cfg.activation_type == 'uint8' else 'S'}8{'S' if cfg.weight_type == 'int8' else 'U'}8, "
                 f"{'per-channel' if cfg.per_channel else 'per-tensor'}, {_ORT_METHODS[cfg.calibration_method]}, "
-                f"{len(batches)} batch(es) of {bs})")
+                f"{len(batches)} calibration batch(es))")
 
-    def _quantize_nncf(self, src: Path, out: Path, cal: "CalibrationSet", ctx: "StageContext") -> str:
+    def _quantize_nncf(self, src: Path, out: Path, name: str, batches: list, ctx: "StageContext") -> str:
         import logging
 
         import nncf
@@ -364,9 +373,6 @@ class QuantizePTQ(Stage):
         cfg = self.config
         nncf.set_log_level(logging.ERROR)
         model = onnx.load(str(src), load_external_data=False)
-        name, fixed = self._input(model)
-        bs = fixed or cal.batch_size
-        batches = _exact_batches(cal, bs, fixed is not None)
         adv = AdvancedQuantizationParameters(
             weights_quantization_params=QuantizationParameters(per_channel=cfg.per_channel),
             activations_range_estimator_params=getattr(RangeEstimatorParametersSet,
@@ -374,12 +380,13 @@ class QuantizePTQ(Stage):
         preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
         with ctx.progress(f"calibrating ({cfg.calibration_method}) and quantizing with nncf", 1) as bar:
             try:
-                q = nncf.quantize(
-                    model, nncf.Dataset(batches, lambda b: {name: b}), preset=preset[cfg.preset],
-                    target_device=nncf.TargetDevice.CPU, subset_size=len(batches),
-                    fast_bias_correction=cfg.fast_bias_correction,
-                    ignored_scope=nncf.IgnoredScope(patterns=list(cfg.ignored)) if cfg.ignored else None,
-                    advanced_parameters=adv)
+                with _quiet():  # its own progress bars would interleave with ours
+                    q = nncf.quantize(
+                        model, nncf.Dataset(batches, lambda b: {name: b}), preset=preset[cfg.preset],
+                        target_device=nncf.TargetDevice.CPU, subset_size=len(batches),
+                        fast_bias_correction=cfg.fast_bias_correction,
+                        ignored_scope=nncf.IgnoredScope(patterns=list(cfg.ignored)) if cfg.ignored else None,
+                        advanced_parameters=adv)
             except Exception as e:  # noqa: BLE001
                 raise StageError(f"quantize.ptq: nncf.quantize failed: {type(e).__name__}: {_first_line(e)}",
                                  hint="try backend: onnxruntime") from e
@@ -387,8 +394,9 @@ class QuantizePTQ(Stage):
         onnx.save(q, str(out))
         return (f"nncf {nncf.__version__} quantize on ONNX (preset {cfg.preset}, target CPU, "
                 f"{'per-channel' if cfg.per_channel else 'per-tensor'} weights, "
-                f"{_NNCF_METHODS[cfg.calibration_method]}, {'fast ' if cfg.fast_bias_correction else ''}bias correction, "
-                f"{len(batches)} batch(es) of {bs})")
+                f"{_NNCF_METHODS[cfg.calibration_method]}, "
+                f"{'fast ' if cfg.fast_bias_correction else ''}bias correction, "
+                f"{len(batches)} calibration batch(es))")
 
 
 def _exact_batches(cal: "CalibrationSet", bs: int, fixed: bool) -> list:
@@ -402,8 +410,28 @@ def _exact_batches(cal: "CalibrationSet", bs: int, fixed: bool) -> list:
     return out
 
 
+def _equal_batches(cal: "CalibrationSet", bs: int) -> tuple[int, "CalibrationSet"]:
+    """ORT's histogram calibrators (percentile, entropy) need batches of one size: the largest batch
+    size <= ``bs`` dividing the sample count, or else whole batches of ``bs`` (the tail is dropped)."""
+    n = cal.count
+    if n <= bs:
+        return n, cal
+    div = max(d for d in range(1, bs + 1) if n % d == 0)
+    if div * 2 >= bs:
+        return div, cal
+    return bs, cal.head(n - n % bs)
+
+
 def _match(patterns: list[str], names: list[str]) -> list[str]:
     return [n for n in names if any(re.match(p, n) for p in patterns)]
+
+
+def _quiet():
+    """Swallow what a library prints to stdout (our own progress display stays on)."""
+    import contextlib
+    import io
+
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 def _first_line(e: BaseException) -> str:
