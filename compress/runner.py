@@ -37,7 +37,7 @@ class Runner:
         self.remeasure = remeasure
         self.out_dir = Path(output_dir or self.cfg.output.dir or Path("runs") / loaded.name)
         self.warnings: list[str] = []
-        self._macs: dict[str, int | None] = {}  # artifact hash -> MACs, inherited by ONNX children
+        self._counts: dict[str, dict] = {}  # artifact hash -> {macs, params}, inherited by ONNX children
         self._deployables: dict[str, Artifact] = {}  # record name -> the ONNX artifact measured
 
     # ---------------------------------------------------------------------------------------------
@@ -176,9 +176,12 @@ class Runner:
             e.message = f"after '{name}': {e.message}"
             raise
         facts = self._facts(art, dep)
-        if facts.get("macs") is None and art.parent:  # ONNX artifacts inherit MACs from their torch parent
-            facts["macs"] = self._macs.get(art.parent)
-        self._macs[art.hash] = facts.get("macs")
+        if art.parent in self._counts:  # ONNX artifacts inherit MACs (and, once quantized, params) from their parent
+            parent = self._counts[art.parent]
+            facts = {**facts, "macs": facts.get("macs") or parent["macs"]}
+            if art.precision != "float32":  # an initializer count would include scales and zero points
+                facts["params"] = parent["params"]
+        self._counts[art.hash] = {"macs": facts.get("macs"), "params": facts.get("params")}
         self._deployables[name] = dep
         if art.facts.get("random_weights"):
             self._warn("the baseline has random weights: accuracy numbers mean nothing (set model.weights or "
