@@ -44,6 +44,40 @@ def gate_rows(report: Report) -> list[list[str]]:
              _fmt(g.observed, ".4g"), _fmt(g.margin, "+.4g"), g.detail] for g in report.gates]
 
 
+def _fact_items(facts: dict) -> list[str]:
+    """Scalar facts and small summaries of a stage, in the order the stage recorded them."""
+    items = []
+    for k, v in facts.items():
+        if k in ("onnx_ops", "layer_precision", "settings"):
+            continue
+        if isinstance(v, bool) or isinstance(v, (int, float, str)):
+            items.append(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
+        elif isinstance(v, dict) and v and len(v) <= 6 and all(not isinstance(x, (dict, list)) for x in v.values()):
+            items.append(f"{k}: " + ", ".join(f"{a}={b}" for a, b in v.items()))
+        elif isinstance(v, list) and v and len(v) <= 4:
+            items.append(f"{k}: {', '.join(map(str, v))}")
+    return items
+
+
+def stage_details(report: Report) -> list[str]:
+    """One bullet per stage: layer precision histogram, ops the runtime ran, and the stage's own facts."""
+    lines = []
+    for rec in report.records():
+        hist: dict[str, int] = {}
+        for prec in rec.artifact.layer_precision.values():
+            hist[prec] = hist.get(prec, 0) + 1
+        parts = []
+        if hist:
+            parts.append("layers: " + ", ".join(f"{k} ×{v}" for k, v in sorted(hist.items())))
+        for t, m in rec.measurements.items():
+            if m.optimized_ops:
+                top = sorted(m.optimized_ops.items(), key=lambda kv: -kv[1])[:6]
+                parts.append(f"{t} runs: " + ", ".join(f"{k} ×{v}" for k, v in top))
+        parts += _fact_items(rec.facts)
+        lines.append(f"- **{rec.name}** ({rec.type}): " + "; ".join(parts))
+    return lines
+
+
 def render_markdown(report: Report) -> str:
     status = {"passed": "✅ passed", "gate_failed": "❌ gate failed", "unstable": "⚠️ unstable measurement"}
     lines = [f"## compress: `{report.pipeline_name}` — {status[report.status]}", ""]
@@ -53,6 +87,8 @@ def render_markdown(report: Report) -> str:
                  f"{report.targets[0]['batch_size'] if report.targets else '?'}; speed-up = baseline p50 / stage p50.")
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
+    lines += ["", "<details><summary>Stage details (per-layer precision, runtime kernels, stage facts)</summary>", ""]
+    lines += stage_details(report) + ["", "Full per-layer data: `report.json`.", "", "</details>"]
     if report.gates:
         lines += ["", "### Gates", "", "| result | gate | threshold | observed | margin | note |", "|---|---|---|---|---|---|"]
         lines += ["| " + " | ".join(r) + " |" for r in gate_rows(report)]
