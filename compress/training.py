@@ -1,5 +1,8 @@
 """The one training loop: baseline training, fine-tuning after pruning, QAT, distillation and the
-search supernet all call :func:`train`. Deterministic under ``seed`` on CPU.
+search supernet all call :func:`train`. Deterministic under ``seed`` on CPU (and it leaves the caller's
+RNG state and thread count as they were); optional periodic evaluation (``eval_every``) shows ``acc=`` in
+the progress bar and records an eval curve; ``distill`` adds Hinton KD (KL at a temperature) from a teacher;
+``max_minutes`` stops early.
 
 Only pydantic at import time; torch is imported inside the functions.
 """
@@ -76,12 +79,12 @@ def _optimizer(cfg: TrainConfig, params) -> "torch.optim.Optimizer":
 
 
 def kd_loss(student_logits, teacher_logits, temperature: float):
-    """Hinton KD: KL(softmax(t/T) || softmax(s/T)) * T^2."""
+    """Hinton KD: KL(softmax(t/T) || softmax(s/T)) * T^2 (log-space target: exactly 0 when equal)."""
     import torch.nn.functional as F
 
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.softmax(teacher_logits / t, dim=1),
-                    reduction="batchmean") * (t * t)
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
 
 
 def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:

@@ -1,0 +1,148 @@
+"""The one training loop: determinism under a seed, the eval curve, KD, max_minutes, config checks."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from compress.data import make_synthetic
+from compress.training import DistillConfig, TrainConfig, accuracy, kd_loss, total_steps, train
+from compress.zoo import get
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic(240, (1, 8, 8), num_classes=4, seed=0)
+
+
+def tiny(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return get("tiny_cnn")(num_classes=4, in_channels=1, width=4)
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(steps=6, batch_size=32, lr=1e-2, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_same_seed_same_weights_other_seed_other_weights(data):
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        model = tiny()
+        train(model, data, cfg(seed=seed))
+        runs[name] = weights(model)
+    assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])
+    assert not all(torch.equal(runs["a"][k], runs["c"][k]) for k in runs["a"])
+
+
+def test_training_learns_and_leaves_caller_state_alone(data):
+    model = tiny()
+    before = accuracy(model, data)
+    threads = torch.get_num_threads()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    hist = train(model, data, cfg(steps=40, threads=1 if threads != 1 else 2))
+    assert torch.equal(torch.rand(3), expected), "train() must not consume or reseed the caller's RNG"
+    assert torch.get_num_threads() == threads
+    assert not model.training
+    assert hist["steps"] == 40 and not hist["stopped_early"] and math.isfinite(hist["final_loss"])
+    assert accuracy(model, data) > before + 15  # chance is 25%
+
+
+def test_eval_curve_every_n_steps_and_in_progress(data):
+    seen = []
+    hist = train(tiny(), data, cfg(steps=5, eval_every=2), progress=lambda s, t, info: seen.append((s, t, info)))
+    assert [c["step"] for c in hist["eval_curve"]] == [2, 4, 5]  # every 2 steps and at the end
+    assert all(0 <= c["accuracy"] <= 100 and math.isfinite(c["loss"]) for c in hist["eval_curve"])
+    assert hist["final_eval_accuracy"] == hist["eval_curve"][-1]["accuracy"]
+    assert [s for s, _, _ in seen] == [1, 2, 3, 4, 5] and all(t == 5 for _, t, _ in seen)
+    assert "acc" not in seen[0][2] and seen[1][2]["acc"] == hist["eval_curve"][0]["accuracy"]
+    assert seen[2][2]["acc"] == seen[1][2]["acc"]  # the last value stays on the bar between evaluations
+    assert all("loss" in info for _, _, info in seen)
+
+
+def test_eval_every_epoch(data):
+    c = cfg(steps=None, epochs=2, eval_every="epoch")
+    per_epoch = -(-len(data.splits["train"]) // c.batch_size)
+    hist = train(tiny(), data, c)
+    assert total_steps(c, len(data.splits["train"])) == 2 * per_epoch
+    assert [p["step"] for p in hist["eval_curve"]] == [per_epoch, 2 * per_epoch]
+    assert [p["epoch"] for p in hist["eval_curve"]] == [1.0, 2.0]
+    assert "eval_curve" not in train(tiny(), data, cfg())
+
+
+def test_eval_needs_labels():
+    unlabeled = make_synthetic(64, (1, 8, 8), num_classes=None)
+    with pytest.raises(ValueError, match="labels"):
+        train(tiny(), unlabeled, cfg(eval_every=2, distill=DistillConfig(alpha=1.0)), teacher=tiny(1))
+
+
+def test_max_minutes_with_a_fake_clock(data):
+    now = [0.0]
+
+    def clock() -> float:  # every call is 20 s later
+        now[0] += 20.0
+        return now[0]
+
+    hist = train(tiny(), data, cfg(steps=100, max_minutes=1.0, eval_every=50), clock=clock)
+    assert hist["stopped_early"] and hist["steps"] < 10 and hist["planned_steps"] == 100
+    assert hist["eval_curve"][-1]["step"] == hist["steps"]  # evaluated where it stopped
+
+
+def test_kd_only_trains_without_labels():
+    unlabeled = make_synthetic(128, (1, 8, 8), num_classes=None)
+    teacher, student = tiny(0), tiny(1)
+    before = weights(student)
+    with pytest.raises(ValueError, match="labels"):
+        train(student, unlabeled, cfg())
+    hist = train(student, unlabeled, cfg(steps=20, distill=DistillConfig(alpha=1.0, temperature=2.0)),
+                 teacher=teacher)
+    assert hist["kd"] and math.isfinite(hist["final_loss"])
+    assert not all(torch.equal(before[k], v) for k, v in weights(student).items())
+    x = torch.from_numpy(unlabeled.split("train")[0])
+    with torch.no_grad():
+        t, s0 = teacher(x), tiny(1).eval()(x)
+        s1 = student(x)
+    # the student moved towards the teacher
+    assert kd_loss(s1, t, 2.0) < kd_loss(s0, t, 2.0)
+
+
+def test_kd_loss_is_zero_for_identical_logits_and_positive_otherwise():
+    logits = torch.randn(16, 10)
+    for temperature in (1.0, 4.0):
+        assert abs(float(kd_loss(logits, logits.clone(), temperature))) < 1e-6
+    assert float(kd_loss(logits, torch.randn(16, 10), 4.0)) > 1e-3
+
+
+def test_kd_from_an_identical_teacher_is_zero_and_changes_nothing(data):
+    """alpha=1 and student == teacher (no BatchNorm, so train/eval modes agree): zero loss, zero update."""
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4))
+    teacher.load_state_dict(student.state_dict())
+    before = weights(student)
+    # SGD: Adam would normalise float rounding noise in the gradient up to a full-size step
+    hist = train(student, data, cfg(steps=3, optimizer="sgd", distill=DistillConfig(alpha=1.0)), teacher=teacher)
+    assert hist["kd"] and hist["final_loss"] == 0.0
+    assert all(torch.allclose(before[k], v, atol=1e-7) for k, v in weights(student).items())
+
+
+def test_config_is_strict():
+    with pytest.raises(ValidationError):
+        TrainConfig(epoch=3)
+    with pytest.raises(ValidationError):
+        TrainConfig(eval_every=0)
+    with pytest.raises(ValidationError):
+        TrainConfig(eval_every="step")
+    with pytest.raises(ValidationError):
+        TrainConfig(optimizer="adam", momentum=0.5)
+    assert TrainConfig(eval_every="epoch").eval_every == "epoch"
+    assert TrainConfig(eval_every=3).eval_every == 3
