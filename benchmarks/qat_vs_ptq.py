@@ -52,8 +52,9 @@ def run_case(args, seed: int) -> dict:
     from compress.context import StageContext
     from compress.data import DataConfig, load_dataset
     from compress.export import ExportConfig, export_onnx
+    from compress.kernels import integer_kernel_counts
     from compress.stages.quantize_qat import (QATTrainConfig, QuantizeQAT, QuantizeQATConfig, export_quantized,
-                                              integer_op_counts, quantize_torch)
+                                              quantize_torch)
     from compress.training import TrainConfig, accuracy, train
 
     ds = load_dataset(DataConfig(source="digits", seed=0), ROOT)
@@ -98,7 +99,7 @@ def run_case(args, seed: int) -> dict:
                          "qat": ort_accuracy(qat.path("onnx"), ds)},
             "accuracy_torch": {"float": round(accuracy(model, ds), 4), "ptq": qat.facts["accuracy_ptq_torch"],
                                "qat": qat.facts["accuracy_qat_torch"]},
-            "integer_ops": {"ptq": integer_op_counts(ptq_onnx)[0], "qat": qat.facts["integer_ops"]},
+            "integer_ops": {"ptq": integer_kernel_counts(ptq_onnx)[0], "qat": qat.facts["integer_ops"]},
             "seconds": {"ptq": round(ptq_seconds, 2), "qat": round(qat_seconds, 2)},
             "qat_eval_curve": qat.facts["training"].get("eval_curve", []),
         }

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from compress.artifact import sha256_file
 from compress.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -194,14 +195,6 @@ def _seeded_subset(x: "np.ndarray", n: int, seed: int) -> "np.ndarray":
 # Calibration sets on disk
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_calibration_set(path: str | Path, base_dir: Path | str = ".") -> tuple["np.ndarray", dict[str, Any]]:
     """Read a calibration set: a folder with ``manifest.json`` or a plain ``.npz``.
 
@@ -221,7 +214,7 @@ def read_calibration_set(path: str | Path, base_dir: Path | str = ".") -> tuple[
         raise ConfigError(f"{label}: expected a folder with {MANIFEST_NAME} or a .npz file")
     x = _read_npz(full, None, label)
     info = {"name": full.stem, "source": str(full), "count": int(len(x)), "sample_shape": list(x.shape[1:]),
-            "sha256": _sha256_file(full)}
+            "sha256": sha256_file(full)}
     return x, info
 
 
@@ -245,7 +238,7 @@ def _read_manifest_set(folder: Path, label: str) -> tuple["np.ndarray", dict[str
     data = folder / man.file
     if not data.is_file():
         raise ConfigError(f"{label}: data file '{man.file}' named in {MANIFEST_NAME} not found in {folder}")
-    digest = _sha256_file(data)
+    digest = sha256_file(data)
     if digest != man.sha256:
         raise ConfigError(f"{label}: sha256 of '{man.file}' is {digest[:16]}... but {MANIFEST_NAME} says "
                           f"{man.sha256[:16]}...: the data file changed or is corrupt",
@@ -306,7 +299,7 @@ def write_calibration_set(folder: Path | str, x: "np.ndarray", *, name: str, sou
     np.savez_compressed(data, **{x_key: x}, **(extra_arrays or {}))
     man = CalibrationManifest(name=name, description=description, source=source,
                               sample_shape=[int(d) for d in x.shape[1:]], count=int(len(x)), file=file, x_key=x_key,
-                              preprocessing=preprocessing, sha256=_sha256_file(data))
+                              preprocessing=preprocessing, sha256=sha256_file(data))
     out = folder / MANIFEST_NAME
     out.write_text(json.dumps(man.model_dump(), indent=2) + "\n", encoding="utf-8")
     return out

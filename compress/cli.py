@@ -56,9 +56,10 @@ def run(pipeline: str, quiet: bool, verbose: bool, output_dir: str | None, no_ca
     Finished stages are cached by content hash (output.cache_dir): a re-run reuses them, and after a
     failure a re-run resumes from the last finished stage.
     """
-    from compress.ui import UI
+    from compress.ui import UI, quiet_libraries
 
     ui = UI(quiet=quiet, verbose=verbose)
+    quiet_libraries(verbose)
     try:
         from compress.config import load_pipeline
 

@@ -67,6 +67,29 @@ class UI:
             yield _Task(p, p.add_task(description, total=total, info=""))
 
 
+#: third-party loggers that are chatty at INFO/WARNING about things a user cannot act on
+_CHATTY = ("nncf", "torchao", "torch.utils._pytree", "torch.onnx", "onnxruntime.quantization", "onnxscript")
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Keep library chatter (extension builds, optional kernels not found) out of the run's output.
+
+    With ``-v`` nothing is silenced. Nothing is imported here: levels are set on the logger names.
+    """
+    import logging
+    import warnings
+
+    if verbose:
+        return
+    for name in _CHATTY:
+        # a filter, not only a level: libraries reset their logger's level when they are imported
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.ERROR)
+        logger.addFilter(lambda record: record.levelno >= logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def plain_ui() -> UI:  # for tests and library use
     return UI(quiet=True)
 

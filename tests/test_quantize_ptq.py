@@ -25,7 +25,8 @@ from compress.context import StageContext
 from compress.data import DataConfig, load_dataset
 from compress.errors import ConfigError, StageError
 from compress.export import ExportConfig, export_onnx
-from compress.stages.quantize_ptq import QuantizePTQ, QuantizePTQConfig, integer_kernel_counts
+from compress.kernels import integer_kernel_counts
+from compress.stages.quantize_ptq import QuantizePTQ, QuantizePTQConfig
 
 os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
 

@@ -11,9 +11,10 @@ stage that cannot take what the previous stage produces, before any model is loa
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+import re
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 if TYPE_CHECKING:  # pragma: no cover
     from compress.artifact import Artifact
@@ -23,6 +24,19 @@ TORCH_FLOAT = "torch/float"
 ONNX_FLOAT = "onnx/float"
 ONNX_QUANTIZED = "onnx/quantized"
 KINDS = (TORCH_FLOAT, ONNX_FLOAT, ONNX_QUANTIZED)
+
+
+def _regexes(patterns: list[str]) -> list[str]:
+    for p in patterns:
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise ValueError(f"'{p}' is not a valid regular expression ({e})") from None
+    return patterns
+
+
+#: a list of regular expressions (e.g. a stage's ``ignored`` layers), each checked at load time
+Patterns = Annotated[list[str], AfterValidator(_regexes)]
 
 
 class StageConfig(BaseModel):

@@ -30,27 +30,15 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from compress.stages.base import ONNX_FLOAT, ONNX_QUANTIZED, TORCH_FLOAT, Stage, StageConfig
+from compress.stages.base import ONNX_FLOAT, ONNX_QUANTIZED, TORCH_FLOAT, Patterns, Stage, StageConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from compress.artifact import Artifact
     from compress.calibration import CalibrationSet
     from compress.context import StageContext
 
-#: op types of ORT's optimized graph that are integer kernels (any domain)
-INTEGER_OPS = frozenset({
-    "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "QLinearAdd", "QLinearMul",
-    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu",
-    "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere", "QAttention", "DynamicQuantizeLinear",
-    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "NhwcQLinearConv", "QLinearConvTranspose",
-})
-#: op types that compute in float (what quantization should have replaced)
-FLOAT_COMPUTE_OPS = frozenset({
-    "Conv", "FusedConv", "NhwcFusedConv", "ConvTranspose", "MatMul", "FusedMatMul", "Gemm", "FusedGemm",
-    "Attention", "MultiHeadAttention",
-})
 #: ops ONNX Runtime's QDQ propagation moves quantization across (so the consumer still gets int8 input)
 _QDQ_TRANSPARENT = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze"})
 _ORT_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
@@ -76,7 +64,7 @@ class QuantizePTQConfig(StageConfig):
         "performance", description="nncf backend: QuantizationPreset (performance: symmetric activations; mixed: "
         "asymmetric activations).")
     fast_bias_correction: bool = Field(True, description="nncf backend: fast (true) or full (false) bias correction.")
-    ignored: list[str] = Field(
+    ignored: Patterns = Field(
         default_factory=list, description="Regexes (matched from the start of the ONNX node name, e.g. '/fc/' or "
         "'.*downsample') of nodes left in float: onnxruntime nodes_to_exclude / nncf IgnoredScope(patterns=...).")
     samples: int | None = Field(None, ge=1, description="Calibration samples; overrides the pipeline's "
@@ -84,15 +72,6 @@ class QuantizePTQConfig(StageConfig):
     preprocess: bool = Field(True, description="Run onnxruntime.quantization.quant_pre_process (shape inference, "
                              "Conv+BatchNorm fusion) on the float ONNX model first.")
 
-    @field_validator("ignored")
-    @classmethod
-    def _regexes(cls, v: list[str]) -> list[str]:
-        for p in v:
-            try:
-                re.compile(p)
-            except re.error as e:
-                raise ValueError(f"ignored pattern {p!r} is not a valid regular expression ({e})") from None
-        return v
 
     @model_validator(mode="after")
     def _backend_options(self) -> "QuantizePTQConfig":
@@ -114,24 +93,6 @@ class QuantizePTQConfig(StageConfig):
         """The settings this backend actually uses (for the report)."""
         skip = _NNCF_ONLY if self.backend == "onnxruntime" else _ORT_ONLY
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in skip}
-
-
-def _check_target():
-    """A target-like object for ORT's optimized-graph check: CPU, 1 thread, graph optimization 'all'."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(name="quantize.ptq-check", runtime="onnxruntime", threads=1, inter_op_threads=1,
-                           graph_optimization="all", providers=["CPUExecutionProvider"], batch_size=1, timing=None)
-
-
-def integer_kernel_counts(onnx_path: Path) -> tuple[dict[str, int], dict[str, int]]:
-    """(integer op -> count, float compute op -> count) in ORT's CPU-optimized graph of ``onnx_path``."""
-    from compress.runtimes import get_runtime
-
-    ops = get_runtime("onnxruntime").optimized_op_counts(onnx_path, _check_target())
-    ints = {k: v for k, v in ops.items() if k in INTEGER_OPS}
-    floats = {k: v for k, v in ops.items() if k in FLOAT_COMPUTE_OPS}
-    return ints, floats
 
 
 def activation_precision(onnx_path: Path) -> dict[str, str]:
@@ -218,6 +179,8 @@ class QuantizePTQ(Stage):
                     f"fingerprint {cal.fingerprint[:12]})")
             quantize = self._quantize_ort if cfg.backend == "onnxruntime" else self._quantize_nncf
             facts["library"] = quantize(src, out, name, batches, ctx)
+
+        from compress.kernels import integer_kernel_counts
 
         ints, floats = integer_kernel_counts(out)
         facts["integer_op_types"] = ints

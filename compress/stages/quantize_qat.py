@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from compress.stages.base import ONNX_QUANTIZED, TORCH_FLOAT, Stage, StageConfig
+from compress.stages.base import ONNX_QUANTIZED, TORCH_FLOAT, Patterns, Stage, StageConfig
 from compress.training import DistillConfig, TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,11 +31,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from compress.artifact import Artifact
     from compress.context import StageContext
     from compress.export import ExportConfig
-
-# ONNX Runtime kernels that compute in integers (as opposed to QDQ executed as float).
-INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
-               "DynamicQuantizeMatMul", "QAttention", "NhwcQLinearConv")
-
 
 class QATTrainConfig(TrainConfig):
     """:class:`~compress.training.TrainConfig` with QAT defaults: short, small learning rate, KD on."""
@@ -57,7 +52,7 @@ class QuantizeQATConfig(StageConfig):
         "(u8 after ReLU, the fast path on x86); 'mixed' = asymmetric activations.")
     weights_per_channel: bool = Field(True, description="Per-output-channel weight scales (false: one scale "
                                       "per tensor).")
-    ignored: list[str] = Field(default_factory=list, description="Regular expressions searched in NNCF op names "
+    ignored: Patterns = Field(default_factory=list, description="Regular expressions searched in NNCF op names "
                                "(like 'model/fc/linear/0' or 'model/conv2d/0') whose ops stay float, e.g. 'fc/' or "
                                "'conv2d/0$'; each must match an op (the error lists them).")
     fold_bn: bool = Field(True, description="Fold BatchNorm into the preceding Conv/Linear before quantizing "
@@ -105,19 +100,6 @@ def store_int8_weights(src: "Path", dst: "Path") -> None:
     model.opset_import.extend(keep)
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
-
-
-def integer_op_counts(path: "Path") -> tuple[dict[str, int], dict[str, int]]:
-    """(integer kernels, all ops) in the graph ONNX Runtime runs on CPU at ``graph_optimization: all``."""
-    from types import SimpleNamespace
-
-    from compress.runtimes import TimingPolicy, get_runtime
-
-    target = SimpleNamespace(name="qat-check", runtime="onnxruntime", threads=1, inter_op_threads=1,
-                             graph_optimization="all", providers=["CPUExecutionProvider"], batch_size=1,
-                             timing=TimingPolicy())
-    ops = get_runtime("onnxruntime").optimized_op_counts(path, target)
-    return {k: v for k, v in ops.items() if k in INTEGER_OPS or k.startswith("QLinear")}, ops
 
 
 def quantize_torch(model: "torch.nn.Module", calibration: "np.ndarray", batch_size: int,
@@ -244,9 +226,11 @@ class QuantizeQAT(Stage):
         out = export_quantized(qmodel, artifact.input_shape, artifact.input_name, ctx.work_dir / ONNX,
                                ctx.export, int8_weights=cfg.int8_weights)
         facts.update({"exporter": "legacy", "opset": ctx.export.opset})
-        integer, ops = integer_op_counts(out)
+        from compress.kernels import integer_kernel_counts
+
+        integer, floats = integer_kernel_counts(out)
         facts["integer_ops"] = integer
-        facts["float_compute_ops_left"] = {k: v for k, v in ops.items() if k in ("Conv", "Gemm", "MatMul")}
+        facts["float_compute_ops_left"] = floats
         if not integer:
             raise StageError("quantize.qat: ONNX Runtime runs no integer kernels on the exported model (it would "
                              "execute the fake-quantized graph in float)",

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from compress.stages.base import ONNX_FLOAT, ONNX_QUANTIZED, TORCH_FLOAT, Stage, StageConfig
+from compress.stages.base import ONNX_FLOAT, ONNX_QUANTIZED, TORCH_FLOAT, Patterns, Stage, StageConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -67,7 +67,7 @@ class QuantizeWeightsConfig(StageConfig):
     all_layers: bool = Field(True, description="nncf only: also put the first and the last MatMul/Gemm in 4-bit "
                              "(false keeps them INT8, nncf's own default). onnxruntime always quantizes every "
                              "MatMul not ignored.")
-    ignored: list[str] = Field(default_factory=list, description="Regular expressions (re.search) on ONNX node "
+    ignored: Patterns = Field(default_factory=list, description="Regular expressions (re.search) on ONNX node "
                                "names of MatMul/Gemm layers to keep float, e.g. '/head/'. Each must match a layer.")
 
     @field_validator("group_size")
@@ -77,15 +77,6 @@ class QuantizeWeightsConfig(StageConfig):
             raise ValueError(f"group_size must be a power of two >= 16 (16, 32, 64, 128, ...), got {v}")
         return v
 
-    @field_validator("ignored")
-    @classmethod
-    def _regexes(cls, v: list[str]) -> list[str]:
-        for p in v:
-            try:
-                re.compile(p)
-            except re.error as e:
-                raise ValueError(f"ignored: '{p}' is not a valid regular expression ({e})") from None
-        return v
 
     @model_validator(mode="after")
     def _combinations(self) -> "QuantizeWeightsConfig":
