@@ -189,6 +189,9 @@ def pipeline_model() -> type[BaseModel]:
         gates: list[GateConfig] = Field(default_factory=list)
         output: OutputConfig = Field(default_factory=OutputConfig)
         fail_on_unstable: bool = Field(False, description="Exit 4 when a latency measurement is unstable.")
+        on_regression: Literal["warn", "fail"] = Field(
+            "warn", description="A stage that leaves the model slower (< 0.95x its input's speed) or less "
+            "accurate (> 0.5 points) is always reported loudly; 'fail' also fails the run like a gate (exit 1).")
 
         @field_validator("targets")
         @classmethod

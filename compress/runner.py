@@ -37,6 +37,7 @@ class Runner:
         self.remeasure = remeasure
         self.out_dir = Path(output_dir or self.cfg.output.dir or Path("runs") / loaded.name)
         self.warnings: list[str] = []
+        self.regressions: list[dict[str, Any]] = []  # stages that made a model slower / less accurate
         self._counts: dict[str, dict] = {}  # artifact hash -> {macs, params}, inherited by ONNX children
         self._deployables: dict[str, Artifact] = {}  # record name -> the ONNX artifact measured
 
@@ -102,6 +103,10 @@ class Runner:
         from compress.report.gate import check_gates
 
         report.gates = check_gates(report, self.cfg.gates, self.cfg.targets[0].name)
+        if self.cfg.on_regression == "fail":
+            from compress.report.model import GateResult
+
+            report.gates += [GateResult(**r, passed=False) for r in self.regressions]
         unstable = any(m.latency and m.latency.unstable for r in records for m in r.measurements.values())
         if any(not g.passed for g in report.gates):
             report.status = "gate_failed"
@@ -194,6 +199,13 @@ class Runner:
                                   sparsity=facts.get("sparsity"), layer_precision=facts.get("layer_precision", {})),
             facts={**art.facts, "onnx_ops": facts.get("ops", {})},
         )
+
+    def _regression(self, stage: str, target: str, metric: str, op: str, threshold: float, observed: float,
+                    detail: str) -> None:
+        margin = (threshold - observed) if op == "<=" else (observed - threshold)
+        self.regressions.append({"metric": metric, "stage": stage, "target": target, "op": op,
+                                 "threshold": threshold, "observed": observed, "margin": round(margin, 6),
+                                 "detail": f"on_regression: fail — {detail}"})
 
     def _warn(self, msg: str) -> None:
         """Collected into the report and printed loudly beside the result table."""
@@ -298,12 +310,15 @@ class Runner:
                                f"({m.speedup_vs_previous:.2f}x of its input)")
                         rec.warnings.append(msg)
                         self._warn(msg)
+                        self._regression(rec.name, t.name, "speedup_vs_input", ">=", SLOWER, m.speedup_vs_previous, msg)
                     if m.accuracy is not None and prev.accuracy is not None and \
                             prev.accuracy - m.accuracy > LESS_ACCURATE:
                         msg = (f"stage '{rec.name}' made the model LESS ACCURATE on {t.name}: "
                                f"{prev.accuracy:.2f}% -> {m.accuracy:.2f}% ({m.accuracy - prev.accuracy:+.2f} points)")
                         rec.warnings.append(msg)
                         self._warn(msg)
+                        self._regression(rec.name, t.name, "accuracy_drop_vs_input", "<=", LESS_ACCURATE,
+                                         round(prev.accuracy - m.accuracy, 4), msg)
                 if m.latency and m.latency.unstable:
                     msg = (f"latency of '{rec.name}' on {t.name} is unstable (robust CV {m.latency.robust_cv:.2f}); "
                            f"the machine is busy: treat its speed-up with care")

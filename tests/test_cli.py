@@ -167,3 +167,27 @@ def test_onnx_model_source(tmp_path, tiny_yaml):
     r = run("run", str(tiny_yaml(model={"onnx": "m.onnx", "input_shape": [1, 1, 8, 8]}, stages=[])))
     assert r.exit_code == 0, r.output
     assert report(tmp_path)["baseline"]["artifact"]["format"] == "onnx"
+
+
+def test_regression_warns_loudly_and_can_fail_the_run(tmp_path, tiny_yaml, monkeypatch):
+    """A stage that makes the model less accurate is reported; with on_regression: fail it exits 1."""
+    import numpy as np
+
+    from compress import evaluation
+
+    real_score = evaluation.score
+    calls = {"n": 0}
+
+    def worse_after_baseline(outputs, labels, reference):
+        calls["n"] += 1
+        if reference is not None:  # every stage after the baseline: scramble predictions
+            outputs = np.roll(outputs, 1, axis=1)
+        return real_score(outputs, labels, reference)
+
+    monkeypatch.setattr(evaluation, "score", worse_after_baseline)
+    r = run("run", str(tiny_yaml()))
+    assert r.exit_code == 0 and "LESS ACCURATE" in r.output
+    r = run("run", str(tiny_yaml(on_regression="fail")))
+    assert r.exit_code == 1 and "GATE FAILED" in r.output
+    gates = report(tmp_path)["gates"]
+    assert gates and gates[0]["metric"] == "accuracy_drop_vs_input" and not gates[0]["passed"]
