@@ -64,20 +64,19 @@ def _proc_cpuinfo() -> tuple[str | None, set[str], int | None]:
 
 @functools.lru_cache(maxsize=1)
 def _cpu() -> dict[str, Any]:
-    """CPU model and flags. py-cpuinfo is slow (it may spawn a subprocess): cached per process."""
-    brand = None
-    flags: set[str] = set()
-    try:
-        import cpuinfo  # py-cpuinfo
-
-        info = cpuinfo.get_cpu_info()
-        brand = info.get("brand_raw") or None
-        flags = {str(f).lower() for f in info.get("flags", [])}
-    except Exception:  # not installed, or failed on this platform: fall back below
-        pass
+    """CPU model and flags: /proc/cpuinfo where it exists (instant), else py-cpuinfo (slow: it may spawn
+    a subprocess). Cached per process."""
     proc_model, proc_flags, proc_physical = _proc_cpuinfo()
-    brand = brand or proc_model
-    flags = flags or proc_flags
+    brand, flags = proc_model, proc_flags
+    if not brand or not flags:
+        try:
+            import cpuinfo  # py-cpuinfo
+
+            info = cpuinfo.get_cpu_info()
+            brand = brand or info.get("brand_raw") or None
+            flags = flags or {str(f).lower() for f in info.get("flags", [])}
+        except Exception:  # not installed, or failed on this platform
+            pass
 
     physical = None
     if importlib.util.find_spec("psutil") is not None:
