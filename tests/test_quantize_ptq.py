@@ -140,6 +140,13 @@ def test_int8_graph_has_integer_kernels_and_facts(trained, digits, tmp_path):
     assert f["settings"]["activation_type"] == "uint8" and "preset" not in f["settings"]
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "nncf"])
+def test_ignored_layers_stay_float_on_both_backends(backend, trained, digits, tmp_path):
+    # the same pattern means the same thing on both backends (re.search on ONNX node names)
+    art = QuantizePTQ(QuantizePTQConfig(backend=backend, ignored=["fc/"])).run(trained, _ctx(digits, tmp_path / "a"))
+    assert art.precision == "mixed" and "/fc/Gemm" in art.facts["float_layers"]
+
+
 def test_ignored_layers_stay_float_and_unmatched_patterns_fail(trained, digits, tmp_path):
     art = QuantizePTQ(QuantizePTQConfig(ignored=["/fc/"])).run(trained, _ctx(digits, tmp_path / "a"))
     assert art.precision == "mixed" and art.facts["float_layers"] == ["/fc/Gemm"]

@@ -11,7 +11,7 @@ Maps to one of two library calls on the float ONNX model (``backend:``):
   activations are supported but slower on x86 (a peer tool's int8-activation default ran ResNet-18 at
   0.89x of FP32), so they are never the default.
 * ``nncf``: ``nncf.quantize(onnx.ModelProto, nncf.Dataset(...), preset=..., target_device=CPU,
-  subset_size=..., fast_bias_correction=..., ignored_scope=nncf.IgnoredScope(patterns=...),
+  subset_size=..., fast_bias_correction=..., ignored_scope=nncf.IgnoredScope(names=...),
   advanced_parameters=AdvancedQuantizationParameters(...))`` on the same ONNX model. NNCF picks the
   activation/weight signedness itself (so ``activation_type``/``weight_type`` are rejected there) and
   adds bias correction.
@@ -65,8 +65,9 @@ class QuantizePTQConfig(StageConfig):
         "asymmetric activations).")
     fast_bias_correction: bool = Field(True, description="nncf backend: fast (true) or full (false) bias correction.")
     ignored: Patterns = Field(
-        default_factory=list, description="Regexes (matched from the start of the ONNX node name, e.g. '/fc/' or "
-        "'.*downsample') of nodes left in float: onnxruntime nodes_to_exclude / nncf IgnoredScope(patterns=...).")
+        default_factory=list, description="Regular expressions (re.search, as in every stage) on ONNX node names, "
+        "e.g. '/fc/' or 'downsample', of nodes left in float: onnxruntime nodes_to_exclude / "
+        "nncf IgnoredScope(names=...). Each must match a node.")
     samples: int | None = Field(None, ge=1, description="Calibration samples; overrides the pipeline's "
                                 "calibration.samples.")
     preprocess: bool = Field(True, description="Run onnxruntime.quantization.quant_pre_process (shape inference, "
@@ -348,7 +349,8 @@ class QuantizePTQ(Stage):
                         model, nncf.Dataset(batches, lambda b: {name: b}), preset=preset[cfg.preset],
                         target_device=nncf.TargetDevice.CPU, subset_size=len(batches),
                         fast_bias_correction=cfg.fast_bias_correction,
-                        ignored_scope=nncf.IgnoredScope(patterns=list(cfg.ignored)) if cfg.ignored else None,
+                        ignored_scope=nncf.IgnoredScope(names=_match(cfg.ignored, [n.name for n in model.graph.node]))
+                        if cfg.ignored else None,
                         advanced_parameters=adv)
             except Exception as e:  # noqa: BLE001
                 raise StageError(f"quantize.ptq: nncf.quantize failed: {type(e).__name__}: {_first_line(e)}",
@@ -386,7 +388,7 @@ def _equal_batches(cal: "CalibrationSet", bs: int) -> tuple[int, "CalibrationSet
 
 
 def _match(patterns: list[str], names: list[str]) -> list[str]:
-    return [n for n in names if any(re.match(p, n) for p in patterns)]
+    return [n for n in names if any(re.search(p, n) for p in patterns)]
 
 
 def _quiet():
