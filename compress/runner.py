@@ -301,8 +301,8 @@ class Runner:
             for rec in records:
                 m = rec.measurements[t.name]
                 if m.latency and base.latency:
-                    m.speedup_vs_baseline = round(base.latency.p50_ms / m.latency.p50_ms, 4)
-                    m.speedup_vs_previous = round(prev.latency.p50_ms / m.latency.p50_ms, 4)
+                    m.speedup_vs_baseline = round(_speedup(base.latency, m.latency), 4)
+                    m.speedup_vs_previous = round(_speedup(prev.latency, m.latency), 4)
                 if rec is not records[0]:
                     if m.speedup_vs_previous is not None and m.speedup_vs_previous < SLOWER:
                         msg = (f"stage '{rec.name}' made the model SLOWER on {t.name}: p50 "
@@ -320,8 +320,9 @@ class Runner:
                         self._regression(rec.name, t.name, "accuracy_drop_vs_input", "<=", LESS_ACCURATE,
                                          round(prev.accuracy - m.accuracy, 4), msg)
                 if m.latency and m.latency.unstable:
-                    msg = (f"latency of '{rec.name}' on {t.name} is unstable (robust CV {m.latency.robust_cv:.2f}); "
-                           f"the machine is busy: treat its speed-up with care")
+                    msg = (f"latency of '{rec.name}' on {t.name} is unstable (robust CV {m.latency.robust_cv:.2f} > "
+                           f"{t.timing.cv_threshold}): its samples spread widely (a busy or frequency-scaling "
+                           f"machine); speed-ups pair interleaved rounds, but treat them with care")
                     rec.warnings.append(msg)
                     self._warn(msg)
                 prev = m
@@ -335,6 +336,14 @@ class Runner:
         final_onnx = Path(report.records()[-1].artifact.onnx_path)
         shutil.copyfile(final_onnx, self.out_dir / "model.onnx")
         self.report_path = self.out_dir / "report.json"
+
+
+def _speedup(reference, other) -> float:
+    """Paired per-round ratio when both were timed in the same interleaved rounds, else ratio of p50s."""
+    from compress.runtimes.timing import paired_speedup
+
+    paired = paired_speedup(reference, other)
+    return paired if paired is not None else reference.p50_ms / other.p50_ms
 
 
 def _fixed_batch(sess) -> int | None:

@@ -317,3 +317,30 @@ def test_light_imports():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_paired_speedup_survives_a_machine_slowdown():
+    """Part-way through, the machine gets 1.6x slower for everyone: every per-round ratio still compares
+    samples taken under the same conditions, so the paired speed-up stays exact."""
+    from compress.runtimes.timing import TimingPolicy, measure_interleaved, paired_speedup
+
+    clock_t = [0.0]
+    calls = [0]
+
+    def clock() -> float:
+        return clock_t[0]
+
+    def runner(cost_units: int):
+        def run() -> None:
+            calls[0] += 1
+            slow = 1.6 if calls[0] > 400 else 1.0
+            clock_t[0] += cost_units * slow * 2 ** -10
+        return run
+
+    policy = TimingPolicy(warmup_runs=1, warmup_seconds=0.0, min_runs=200, max_runs=200, min_seconds=0.0,
+                          max_seconds=1e6, block=5)
+    # 'fast' is 2x faster than 'slow'
+    stats = measure_interleaved({"slow": runner(4), "fast": runner(2)}, policy, clock=clock)
+    assert len(stats["slow"].rounds) == len(stats["slow"].samples_ms) == 200
+    assert paired_speedup(stats["slow"], stats["fast"]) == pytest.approx(2.0)
+    assert paired_speedup(stats["slow"], stats["slow"]) == pytest.approx(1.0)

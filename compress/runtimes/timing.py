@@ -111,6 +111,8 @@ class LatencyStats(BaseModel):
     unstable: bool  # robust_cv > cv_threshold
     warmup_runs: int  # untimed calls made before sampling
     samples_ms: list[float]
+    rounds: list[int] = Field(default_factory=list, description="interleaving round of each sample (pairs samples "
+                              "of different runners taken at the same time; see paired_speedup)")
 
     @classmethod
     def from_samples(
@@ -191,6 +193,7 @@ def measure_interleaved(
     warm = {name: _warm_up(runners[name], policy, clock) for name in names}
 
     samples: dict[str, list[float]] = {name: [] for name in names}
+    rounds: dict[str, list[int]] = {name: [] for name in names}
     own_s: dict[str, float] = {name: 0.0 for name in names}
     budget_s = policy.max_seconds * k
 
@@ -223,6 +226,7 @@ def measure_interleaved(
                 t1 = clock()
                 dt = t1 - t0
                 samples[name].append(dt * 1e3)
+                rounds[name].append(rnd)
                 own_s[name] += dt
                 now = t1
             if capped:
@@ -241,10 +245,32 @@ def measure_interleaved(
                 policy.max_seconds, policy.min_runs, ", ".join(short),
             )
     report(1.0)
-    return {
-        name: LatencyStats.from_samples(samples[name], warm[name], policy.cv_threshold)
-        for name in names
-    }
+    out = {}
+    for name in names:
+        stats = LatencyStats.from_samples(samples[name], warm[name], policy.cv_threshold)
+        stats.rounds = rounds[name]
+        out[name] = stats
+    return out
+
+
+def paired_speedup(reference: LatencyStats, other: LatencyStats) -> float | None:
+    """Speed-up of ``other`` over ``reference`` from samples taken in the same interleaving rounds.
+
+    For every round both were timed in, the ratio of their per-round medians; the result is the median
+    of those ratios. Unlike a ratio of two overall medians, this holds when the machine changes speed
+    during the measurement (another tenant, frequency scaling), because each ratio compares samples
+    taken moments apart. ``None`` when the two share no round (not measured together).
+    """
+    def per_round(s: LatencyStats) -> dict[int, list[float]]:
+        groups: dict[int, list[float]] = {}
+        for r, v in zip(s.rounds, s.samples_ms):
+            groups.setdefault(r, []).append(v)
+        return groups
+
+    a, b = per_round(reference), per_round(other)
+    ratios = sorted(percentile(sorted(a[r]), 50) / percentile(sorted(b[r]), 50) for r in a.keys() & b.keys()
+                    if percentile(sorted(b[r]), 50) > 0)
+    return percentile(ratios, 50) if ratios else None
 
 
 def measure(
