@@ -130,7 +130,7 @@ GateMetric = Literal[
 class GateConfig(_Strict):
     """A release gate: ``metric`` of ``stage`` on ``target`` must be ``<= max`` or ``>= min``.
 
-    ``accuracy_drop`` is in percentage points vs the baseline; ``speedup`` is baseline p50 / stage p50
+    ``accuracy_drop`` is in percentage points vs the baseline; ``speedup`` is baseline time / stage time, the median over interleaved timing rounds
     (measured interleaved); ``size_ratio`` is stage size / baseline size.
     """
 

@@ -84,7 +84,7 @@ def render_markdown(report: Report) -> str:
     env = report.environment
     lines.append(f"Data: {report.data.get('source', '?')} (fingerprint `{str(report.data.get('fingerprint', ''))[:12]}`). "
                  f"CPU: {env.get('cpu_model', '?')}. Latency measured interleaved, batch "
-                 f"{report.targets[0]['batch_size'] if report.targets else '?'}; speed-up = baseline p50 / stage p50.")
+                 f"{report.targets[0]['batch_size'] if report.targets else '?'}; speed-up = baseline time / stage time, median over interleaved rounds.")
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
     lines += ["", "<details><summary>Stage details (per-layer precision, runtime kernels, stage facts)</summary>", ""]
