@@ -75,7 +75,7 @@ class Runner:
             stage = get_stage(spec.type)(spec.config)
             key = cache_key(step="stage", type=spec.type, config=spec.config.model_dump(mode="json"),
                             input=art.hash, data=ds.fingerprint,
-                            calibration=calib)
+                            calibration=calib if stage.uses_calibration else None)
             ctx_base = dict(dataset=ds, export=self.cfg.export, base_dir=self.loaded.base_dir, stage_name=spec.name,
                             calibration=self.cfg.calibration,
                             log=lambda m, n=spec.name: self.ui.info(f"  [{n}] {m}"), progress=self.ui.progress)

@@ -52,6 +52,8 @@ class Stage(ABC):
     Config: ClassVar[type[StageConfig]] = StageConfig
     accepts: ClassVar[tuple[str, ...]] = (TORCH_FLOAT,)
     summary: ClassVar[str] = ""
+    #: whether run() reads the pipeline's calibration data (then it is part of the stage's cache key)
+    uses_calibration: ClassVar[bool] = False
 
     @classmethod
     def output_kind(cls, config: StageConfig, input_kind: str) -> str:

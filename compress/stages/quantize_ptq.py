@@ -142,6 +142,7 @@ class QuantizePTQ(Stage):
     Config = QuantizePTQConfig
     accepts = (TORCH_FLOAT, ONNX_FLOAT)
     summary = "INT8 post-training quantization, calibrated (onnxruntime quantize_static QDQ, or nncf.quantize)."
+    uses_calibration = True
 
     @classmethod
     def output_kind(cls, config, input_kind: str) -> str:

@@ -188,6 +188,7 @@ class QuantizeQAT(Stage):
     Config = QuantizeQATConfig
     accepts = (TORCH_FLOAT,)
     summary = "INT8 quantization-aware training (nncf.quantize -> compress.training.train -> nncf.strip -> QDQ ONNX)."
+    uses_calibration = True
 
     @classmethod
     def output_kind(cls, config, input_kind: str) -> str:
