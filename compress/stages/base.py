@@ -51,14 +51,16 @@ class Stage(ABC):
     type: ClassVar[str]
     Config: ClassVar[type[StageConfig]] = StageConfig
     accepts: ClassVar[tuple[str, ...]] = (TORCH_FLOAT,)
+    #: the artifact kind it produces; ``None``: the same kind it was given
+    produces: ClassVar[str | None] = None
     summary: ClassVar[str] = ""
     #: whether run() reads the pipeline's calibration data (then it is part of the stage's cache key)
     uses_calibration: ClassVar[bool] = False
 
     @classmethod
     def output_kind(cls, config: StageConfig, input_kind: str) -> str:
-        """The artifact kind this stage produces from ``input_kind`` (default: unchanged)."""
-        return input_kind
+        """The artifact kind this stage produces from ``input_kind`` (``produces``, or unchanged)."""
+        return cls.produces or input_kind
 
     @classmethod
     def reject_reason(cls, config: StageConfig, input_kind: str) -> str | None:

@@ -43,11 +43,9 @@ class ExportOnnx(Stage):
     type: ClassVar[str] = "export.onnx"
     Config = ExportOnnxConfig
     accepts = (TORCH_FLOAT,)
+    produces = ONNX_FLOAT
     summary = "Export to ONNX (torch.onnx.export) and check parity with ONNX Runtime."
 
-    @classmethod
-    def output_kind(cls, config, input_kind: str) -> str:
-        return ONNX_FLOAT
 
     def run(self, artifact: "Artifact", ctx: "StageContext") -> "Artifact":
         import numpy as np

@@ -141,12 +141,10 @@ class QuantizePTQ(Stage):
     type: ClassVar[str] = "quantize.ptq"
     Config = QuantizePTQConfig
     accepts = (TORCH_FLOAT, ONNX_FLOAT)
+    produces = ONNX_QUANTIZED
     summary = "INT8 post-training quantization, calibrated (onnxruntime quantize_static QDQ, or nncf.quantize)."
     uses_calibration = True
 
-    @classmethod
-    def output_kind(cls, config, input_kind: str) -> str:
-        return ONNX_QUANTIZED
 
     # ---------------------------------------------------------------------------------------------
     def run(self, artifact: "Artifact", ctx: "StageContext") -> "Artifact":

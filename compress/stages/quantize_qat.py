@@ -187,12 +187,10 @@ class QuantizeQAT(Stage):
     type: ClassVar[str] = "quantize.qat"
     Config = QuantizeQATConfig
     accepts = (TORCH_FLOAT,)
+    produces = ONNX_QUANTIZED
     summary = "INT8 quantization-aware training (nncf.quantize -> compress.training.train -> nncf.strip -> QDQ ONNX)."
     uses_calibration = True
 
-    @classmethod
-    def output_kind(cls, config, input_kind: str) -> str:
-        return ONNX_QUANTIZED
 
     def run(self, artifact: "Artifact", ctx: "StageContext") -> "Artifact":
         from compress.artifact import ONNX, save_onnx

@@ -304,12 +304,10 @@ class QuantizeWeights(Stage):
     type: ClassVar[str] = "quantize.weights"
     Config = QuantizeWeightsConfig
     accepts = (TORCH_FLOAT, ONNX_FLOAT)
+    produces = ONNX_QUANTIZED
     summary = ("Weight-only INT4/INT8 of MatMul layers (onnxruntime MatMulNBitsQuantizer or "
                "nncf.compress_weights); activations stay float.")
 
-    @classmethod
-    def output_kind(cls, config, input_kind: str) -> str:
-        return ONNX_QUANTIZED
 
     def run(self, artifact: "Artifact", ctx: "StageContext") -> "Artifact":
         import tempfile
