@@ -344,3 +344,34 @@ def test_paired_speedup_survives_a_machine_slowdown():
     assert len(stats["slow"].rounds) == len(stats["slow"].samples_ms) == 200
     assert paired_speedup(stats["slow"], stats["fast"]) == pytest.approx(2.0)
     assert paired_speedup(stats["slow"], stats["slow"]) == pytest.approx(1.0)
+
+
+def test_a_runtime_session_plugs_into_the_one_loop():
+    """Any Session (here a fake one on a fake clock) is timed through Session.runner by the same loop."""
+    import numpy as np
+
+    from compress.runtimes.base import Session
+    from compress.runtimes.timing import TimingPolicy, measure
+
+    clock = FakeClock()
+
+    class FakeSession(Session):
+        input_name = "input"
+        info: dict = {}
+
+        def __init__(self):
+            self.calls = 0
+
+        def infer(self, x):
+            self.calls += 1
+            clock.advance(3 * U * len(x))  # 3 units per sample
+            return np.zeros((len(x), 10), dtype=np.float32)
+
+        def close(self):
+            pass
+
+    sess = FakeSession()
+    policy = TimingPolicy(warmup_runs=2, warmup_seconds=0.0, min_runs=10, max_runs=10, min_seconds=0.0, block=5)
+    stats = measure(sess.runner(np.zeros((2, 1, 8, 8), dtype=np.float32)), policy, clock=clock)
+    assert stats.n == 10 and sess.calls == 12  # 2 warm-up calls are not samples
+    assert stats.p50_ms == pytest.approx(6 * U * 1e3)
