@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -40,7 +40,6 @@ class StageContext:
     stage_name: str = ""
     log: Callable[[str], None] = print
     progress: Callable[[str, int], Any] = null_progress  # context manager: (description, total) -> .update()
-    _modules: dict[str, "torch.nn.Module"] = field(default_factory=dict)
 
     def load_torch(self, art: Artifact) -> "torch.nn.Module":
         """A fresh, independent torch module for ``art`` (stages may modify it freely)."""
@@ -51,7 +50,3 @@ class StageContext:
         from compress.calibration import CalibrationConfig, calibration_samples
 
         return calibration_samples(self.dataset, self.calibration or CalibrationConfig(), samples, self.base_dir)
-
-    def train_progress(self, description: str, total: int):
-        """A ``progress=`` callback for :func:`compress.training.train` plus its context manager."""
-        return self.progress(description, total)

@@ -54,7 +54,6 @@ class Runner:
                      f"(fingerprint {ds.fingerprint[:12]})")
 
         records: list[StageRecord] = []
-        arts: list[Artifact] = []
         # baseline
         from compress.baseline import baseline_key_parts, build_baseline
 
@@ -62,7 +61,6 @@ class Runner:
         art, hit, secs = self._cached_artifact(key, "baseline", lambda wd: build_baseline(
             self.loaded, ds, wd, self.ui.progress, self.ui.info))
         records.append(self._record("baseline", "baseline", {}, art, hit, secs))
-        arts.append(art)
         # stages
         from compress.stages import get_stage
 
@@ -85,12 +83,11 @@ class Runner:
 
             art, hit, secs = self._cached_artifact(key, f"{spec.name} ({spec.type})", build, stage_type=spec.type)
             records.append(self._record(spec.name, spec.type, spec.config.model_dump(mode="json"), art, hit, secs))
-            arts.append(art)
-
+    
         # evaluation (quality) and latency, per target
         for target in self.cfg.targets:
-            self._evaluate_all(target, arts, records)
-            self._time_all(target, arts, records)
+            self._evaluate_all(target, records)
+            self._time_all(target, records)
         self._compare(records)
 
         report = Report(
@@ -112,7 +109,7 @@ class Runner:
             report.status = "gate_failed"
         elif unstable and self.cfg.fail_on_unstable:
             report.status = "unstable"
-        self._write(report, arts[-1])
+        self._write(report)
         self.ui.detail(f"run took {time.monotonic() - started:.1f} s")
         return report
 
@@ -213,7 +210,7 @@ class Runner:
             self.warnings.append(msg)
 
     # ---------------------------------------------------------------------------------------------
-    def _evaluate_all(self, target, arts: list[Artifact], records: list[StageRecord]) -> None:
+    def _evaluate_all(self, target, records: list[StageRecord]) -> None:
         import numpy as np
 
         from compress.evaluation import run_outputs, score
@@ -238,7 +235,7 @@ class Runner:
             else:
                 try:
                     with runtime.open(dep.path("onnx"), target) as sess:
-                        fixed = rec.artifact and _fixed_batch(sess)
+                        fixed = _fixed_batch(sess)
                         outputs = run_outputs(sess, self.dataset, ev.split, ev.batch_size, ev.max_samples, fixed)
                         info = sess.info
                     ops = runtime.optimized_op_counts(dep.path("onnx"), target)
@@ -259,7 +256,7 @@ class Runner:
                 cosine=scores["cosine"], n_eval=scores["n"], session=result["session"],
                 optimized_ops=result["optimized_ops"])
 
-    def _time_all(self, target, arts: list[Artifact], records: list[StageRecord]) -> None:
+    def _time_all(self, target, records: list[StageRecord]) -> None:
         from compress.runtimes import get_runtime, measure_interleaved
         from compress.runtimes.timing import LatencyStats
 
@@ -327,7 +324,7 @@ class Runner:
                     self._warn(msg)
                 prev = m
 
-    def _write(self, report: Report, final: Artifact) -> None:
+    def _write(self, report: Report) -> None:
         from compress.report.markdown import render_markdown
 
         self.out_dir.mkdir(parents=True, exist_ok=True)

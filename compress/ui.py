@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -88,11 +87,3 @@ def quiet_libraries(verbose: bool) -> None:
         logger.addFilter(lambda record: record.levelno >= logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-
-
-def plain_ui() -> UI:  # for tests and library use
-    return UI(quiet=True)
-
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()

@@ -14,6 +14,8 @@ from compress.export import ExportConfig
 from compress.stages.base import ONNX_FLOAT, TORCH_FLOAT, Stage, StageConfig
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
     from compress.artifact import Artifact
     from compress.context import StageContext
 
@@ -24,8 +26,8 @@ class ExportOnnxConfig(ExportConfig, StageConfig):
     rtol: float = Field(1e-3, ge=0)
 
 
-def parity(model, onnx_path, x) -> float:
-    """Max |torch - onnxruntime| over the batch ``x``."""
+def parity(model, onnx_path, x) -> tuple[float, "np.ndarray", "np.ndarray"]:
+    """(max |torch - onnxruntime|, torch output, ORT output) over the batch ``x``."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -45,7 +47,6 @@ class ExportOnnx(Stage):
     accepts = (TORCH_FLOAT,)
     produces = ONNX_FLOAT
     summary = "Export to ONNX (torch.onnx.export) and check parity with ONNX Runtime."
-
 
     def run(self, artifact: "Artifact", ctx: "StageContext") -> "Artifact":
         import numpy as np

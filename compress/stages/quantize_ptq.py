@@ -145,7 +145,6 @@ class QuantizePTQ(Stage):
     summary = "INT8 post-training quantization, calibrated (onnxruntime quantize_static QDQ, or nncf.quantize)."
     uses_calibration = True
 
-
     # ---------------------------------------------------------------------------------------------
     def run(self, artifact: "Artifact", ctx: "StageContext") -> "Artifact":
         import tempfile

@@ -191,7 +191,6 @@ class QuantizeQAT(Stage):
     summary = "INT8 quantization-aware training (nncf.quantize -> compress.training.train -> nncf.strip -> QDQ ONNX)."
     uses_calibration = True
 
-
     def run(self, artifact: "Artifact", ctx: "StageContext") -> "Artifact":
         from compress.artifact import ONNX, save_onnx
         from compress.errors import StageError
@@ -210,7 +209,7 @@ class QuantizeQAT(Stage):
 
         steps = total_steps(cfg.train, len(ctx.dataset.splits["train"]))
         try:
-            with ctx.train_progress("QAT fine-tune", steps) as bar:
+            with ctx.progress("QAT fine-tune", steps) as bar:
                 hist = train(qmodel, ctx.dataset, cfg.train, teacher=teacher,
                              progress=lambda s, t, info: bar.update(1, **info))
         except ValueError as e:
