@@ -122,7 +122,8 @@ class EvaluationConfig(_Strict):
 
 
 GateMetric = Literal[
-    "accuracy", "accuracy_drop", "agreement", "cosine", "latency_p50_ms", "latency_p90_ms",
+    "accuracy", "accuracy_drop", "agreement", "agreement_top5", "cosine", "cosine_p1", "relative_error",
+    "latency_p50_ms", "latency_p90_ms",
     "speedup", "size_mb", "size_ratio", "params", "macs",
 ]
 
@@ -145,6 +146,22 @@ class GateConfig(_Strict):
         if (self.max is None) == (self.min is None):
             raise ValueError(f"gate on '{self.metric}' needs exactly one of max or min")
         return self
+
+
+class RegressionConfig(_Strict):
+    """When a stage counts as a regression *vs its own input* (same runtime, same evaluation samples).
+
+    A regression is always printed loudly beside the table and written to the report; with
+    ``on_regression: fail`` it also fails the run (exit 1) as a gate would."""
+
+    min_speedup: float = Field(0.95, gt=0, description="Slower: the stage's output runs below this fraction of "
+                               "its input's speed.")
+    max_accuracy_drop: float = Field(0.5, ge=0, description="Less accurate: more than this many top-1 points "
+                                     "lost (labelled data).")
+    min_agreement: float = Field(95.0, ge=0, le=100, description="Unfaithful: top-1 agreement with the input's "
+                                 "outputs below this percentage.")
+    min_cosine: float = Field(0.99, ge=-1, le=1, description="Unfaithful: mean output cosine vs the input's "
+                              "outputs below this.")
 
 
 class OutputConfig(_Strict):
@@ -190,8 +207,23 @@ def pipeline_model() -> type[BaseModel]:
         output: OutputConfig = Field(default_factory=OutputConfig)
         fail_on_unstable: bool = Field(False, description="Exit 4 when a latency measurement is unstable.")
         on_regression: Literal["warn", "fail"] = Field(
-            "warn", description="A stage that leaves the model slower (< 0.95x its input's speed) or less "
-            "accurate (> 0.5 points) is always reported loudly; 'fail' also fails the run like a gate (exit 1).")
+            "warn", description="A stage that leaves the model slower (< 0.95x its input's speed), less "
+            "accurate (> 0.5 points) or unfaithful (top-1 agreement < 95% or output cosine < 0.99 vs its input; "
+            "thresholds in regression:) is always reported loudly; 'fail' also fails the run like a gate (exit 1).")
+        regression: RegressionConfig = Field(default_factory=RegressionConfig)
+
+        @model_validator(mode="after")
+        def _evaluate_what_is_not_trained_on(self):
+            """User data in a pipeline where nothing trains: the train share would be wasted, so by default
+            it goes to evaluation (calibration 0.3, eval 0.7) unless data.splits is given."""
+            d = self.data
+            trains = self.model.train is not None or self.model.recalibrate_bn or any(
+                get_stage(s.type).trains for s in self.stages)
+            if d.source != "digits" and "splits" not in d.model_fields_set and not trains:
+                from compress.data import SplitConfig
+
+                d.splits = SplitConfig(train=0.0, calibration=0.3, eval=0.7)
+            return self
 
         @field_validator("targets")
         @classmethod

@@ -1,8 +1,20 @@
 """Accuracy of the *exported artifact running in the target runtime*, plus label-free fidelity.
 
+Quality is measured on the evaluation split; fidelity compares an artifact's outputs with a
+reference's outputs on the same samples, in the same runtime (the baseline for the report's columns
+and gates; a stage's own input for the regression warning):
+
 - ``accuracy``: top-1 in percent, where the data has labels.
-- ``agreement``: percent of samples whose top-1 matches the baseline's (same runtime, same data).
-- ``cosine``: mean cosine similarity of output vectors vs the baseline's.
+- ``agreement``: percent of samples whose top-1 class matches the reference's top-1.
+- ``agreement_top5``: percent of samples whose reference top-1 class is among the artifact's top 5
+  (``None`` when the model has 5 outputs or fewer: it would be 100% by construction).
+- ``cosine``: mean cosine similarity of the output vectors vs the reference's.
+- ``cosine_p1``: the worst 1% — the mean cosine of the worst 1% of samples (at least one sample), so
+  one bad sample in a hundred shows here long before it moves the mean.
+- ``relative_error``: mean over samples of ``||out - ref|| / ||ref||`` (L2 over the output vector).
+
+:data:`FIDELITY` names these metrics, their direction and their description once; the report, the
+gates and the regression checks read it.
 """
 from __future__ import annotations
 
@@ -13,6 +25,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from compress.data import Dataset
     from compress.runtimes.base import Session
+
+#: fidelity metric -> (higher is better, description); all are computed vs a reference's outputs
+FIDELITY: dict[str, tuple[bool, str]] = {
+    "agreement": (True, "Top-1 agreement with the reference, % of samples."),
+    "agreement_top5": (True, "% of samples whose reference top-1 is in the artifact's top 5 (None for <= 5 outputs)."),
+    "cosine": (True, "Mean cosine similarity of the output vectors vs the reference."),
+    "cosine_p1": (True, "Worst 1%: mean output cosine of the worst 1% of samples (at least one) vs the reference."),
+    "relative_error": (False, "Mean relative L2 error of the outputs vs the reference: ||out - ref|| / ||ref||."),
+}
 
 
 def run_outputs(session: "Session", dataset: "Dataset", split: str, batch_size: int,
@@ -35,16 +56,37 @@ def run_outputs(session: "Session", dataset: "Dataset", split: str, batch_size: 
     return np.concatenate(outs).reshape(len(x), -1)
 
 
-def score(outputs: "np.ndarray", labels: "np.ndarray | None", reference: "np.ndarray | None") -> dict[str, Any]:
+def fidelity(outputs: "np.ndarray", reference: "np.ndarray") -> dict[str, float | None]:
+    """The :data:`FIDELITY` metrics of ``outputs`` vs ``reference`` (both ``(N, K)``, same samples)."""
     import numpy as np
 
-    out: dict[str, Any] = {"n": int(len(outputs)), "accuracy": None, "agreement": None, "cosine": None}
-    pred = outputs.argmax(1)
+    out = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)
+    ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    if out.shape != ref.shape:
+        raise ValueError(f"outputs {out.shape} and reference {ref.shape} differ in shape")
+    top1 = ref.argmax(1)
+    res: dict[str, float | None] = {"agreement": round(100.0 * float((out.argmax(1) == top1).mean()), 4)}
+    if out.shape[1] > 5:
+        top5 = np.argpartition(-out, 5, axis=1)[:, :5]
+        res["agreement_top5"] = round(100.0 * float((top5 == top1[:, None]).any(1).mean()), 4)
+    else:
+        res["agreement_top5"] = None
+    on, rn = np.linalg.norm(out, axis=1), np.linalg.norm(ref, axis=1)
+    cos = (out * ref).sum(1) / (on * rn + 1e-12)
+    res["cosine"] = round(float(cos.mean()), 6)
+    worst = max(1, int(np.ceil(0.01 * len(cos))))
+    res["cosine_p1"] = round(float(np.sort(cos)[:worst].mean()), 6)
+    res["relative_error"] = round(float((np.linalg.norm(out - ref, axis=1) / (rn + 1e-12)).mean()), 6)
+    return res
+
+
+def score(outputs: "np.ndarray", labels: "np.ndarray | None", reference: "np.ndarray | None") -> dict[str, Any]:
+    """``n``, ``accuracy`` (with labels) and the :data:`FIDELITY` metrics vs ``reference`` (``None``
+    without one)."""
+    out: dict[str, Any] = {"n": int(len(outputs)), "accuracy": None, **{k: None for k in FIDELITY}}
     if labels is not None:
+        pred = outputs.reshape(len(outputs), -1).argmax(1)
         out["accuracy"] = round(100.0 * float((pred == labels[: len(pred)]).mean()), 4)
     if reference is not None:
-        out["agreement"] = round(100.0 * float((pred == reference.argmax(1)).mean()), 4)
-        num = (outputs * reference).sum(1)
-        den = np.linalg.norm(outputs, axis=1) * np.linalg.norm(reference, axis=1) + 1e-12
-        out["cosine"] = round(float((num / den).mean()), 6)
+        out.update(fidelity(outputs, reference))
     return out

@@ -169,8 +169,37 @@ def test_npz_round_trip_nchw_and_nhwc(tmp_path):
     assert a.fingerprint != b.fingerprint  # layout is a content-changing setting
     u = load_dataset(DataConfig(source="npz", path="nchw.npz", normalize="unit"), tmp_path)
     np.testing.assert_allclose(u.x, x / 255.0, rtol=1e-6)
-    s = load_dataset(DataConfig(source="npz", path="nchw.npz"), tmp_path)
+    s = load_dataset(DataConfig(source="npz", path="nchw.npz", normalize="standard"), tmp_path)
     np.testing.assert_allclose(s.x, (x / 255.0 - 0.5) / 0.5, rtol=1e-5, atol=1e-6)
+    d = load_dataset(DataConfig(source="npz", path="nchw.npz"), tmp_path)  # user data: taken as given
+    np.testing.assert_array_equal(d.x, x.astype(np.float32))
+
+
+def test_already_normalised_float_data_passes_unchanged(tmp_path):
+    """Photos scaled to [-1, 1] by the user reach the model bit-for-bit unless the YAML asks otherwise
+    (the old default re-standardised them to about [-3, 1])."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, size=(30, 3, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "norm.npz", x=x)
+    for cfg in (DataConfig(source="npz", path="norm.npz"),
+                parse_data_config({"source": "npz", "path": "norm.npz"})):
+        ds = load_dataset(cfg, tmp_path)
+        assert cfg.normalize == "none"
+        np.testing.assert_array_equal(ds.x, x)
+        r = ds.describe()["input_range"]
+        assert r["min"] == pytest.approx(float(x.min())) and r["max"] == pytest.approx(float(x.max()))
+    asked = load_dataset(DataConfig(source="npz", path="norm.npz", normalize="standard"), tmp_path)
+    np.testing.assert_allclose(asked.x, (x - 0.5) / 0.5)  # only when the YAML says so
+    assert DataConfig().normalize == "standard"  # digits keeps its documented preprocessing
+
+
+def test_small_splits_warn_with_the_fix():
+    ds = Dataset.from_arrays(np.zeros((256, 4), np.float32), splits={"train": 0.6, "calibration": 0.1, "eval": 0.3})
+    w = ds.split_warnings(calibrates=True)
+    assert len(w) == 2 and "data.splits.calibration" in w[0] and "data.splits.eval" in w[1]
+    assert len(ds.split_warnings(calibrates=False)) == 1
+    big = Dataset.from_arrays(np.zeros((400, 4), np.float32), splits={"train": 0, "calibration": 0.3, "eval": 0.7})
+    assert big.split_warnings(calibrates=True) == []
 
 
 def test_npz_unlabeled_and_tabular(tmp_path):

@@ -22,8 +22,10 @@ Arrays are turned into a :class:`Dataset`: ``x`` float32 ``(N, C, H, W)`` (image
 4. ``image_size``: bilinear resize (antialiased when shrinking) to ``image_size x image_size``;
 5. ``normalize``: ``none`` keeps values as they are (as float32); ``unit`` divides by the source's
    full scale (digits: 16, uint8 arrays and image files: 255; any other dtype is assumed to be
-   in [0, 1] already and is left as it is); ``standard`` (the default) applies ``unit`` and then
-   ``(x - 0.5) / 0.5``, mapping [0, 1] to [-1, 1].
+   in [0, 1] already and is left as it is); ``standard`` applies ``unit`` and then
+   ``(x - 0.5) / 0.5``, mapping [0, 1] to [-1, 1]. The default is ``standard`` for ``digits`` and
+   ``none`` for the user's own data (npz, image_folder, callable): data the user prepared for their
+   model is never re-normalised behind their back. The run prints the input range it sees.
 
 Splits (``train`` / ``calibration`` / ``eval`` fractions of the samples) are disjoint index arrays,
 seeded by ``seed`` and stratified by label when labels exist: samples are grouped by class (shuffled

@@ -41,9 +41,10 @@ class ArrayOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image_size: int | None = Field(None, ge=1, description="Resize images to image_size x image_size (bilinear).")
     channels: int | None = Field(None, ge=1, description="Channels wanted: 1 -> 3 repeats, 3 -> 1 averages.")
-    normalize: Literal["none", "unit", "standard"] = Field(
-        "standard", description="'none': raw values; 'unit': scale to [0, 1] (digits /16, uint8 /255, floats "
-        "unchanged); 'standard': 'unit' then (x - 0.5) / 0.5.")
+    normalize: Literal["none", "unit", "standard"] | None = Field(
+        None, description="'none': values as given; 'unit': scale to [0, 1] (digits /16, uint8 /255, floats "
+        "unchanged); 'standard': 'unit' then (x - 0.5) / 0.5. Default: 'standard' for digits, 'none' for your "
+        "own data (npz, image_folder, callable), which is never re-normalised unless you ask.")
     layout: Literal["NCHW", "NHWC"] = Field("NCHW", description="Axis order of 4-D npz/callable arrays; "
                                             "NHWC is transposed to NCHW.")
     seed: int = Field(0, ge=0, description="Seed of the limit shuffle and of the splits.")
@@ -66,6 +67,8 @@ class DataConfig(ArrayOptions):
     @model_validator(mode="after")
     def _source_fields(self) -> "DataConfig":
         src = self.source
+        if self.normalize is None:  # user data is taken as given: preprocessing is the user's, not ours
+            self.normalize = "standard" if src == "digits" else "none"
         if src in ("npz", "image_folder") and not self.path:
             what = "a .npz file with arrays 'x' and 'y'" if src == "npz" else "a folder with one sub-folder per class"
             raise ValueError(f"data.path is required when data.source is '{src}': give {what}")

@@ -109,6 +109,26 @@ class Dataset:
             part = idx[start:start + int(batch_size)]
             yield self.x[part], (self.y[part] if self.y is not None else None)
 
+    def input_range(self) -> dict[str, float]:
+        """min, max, mean and std of the prepared samples (what the model will see)."""
+        x = self.x
+        return {"min": round(float(x.min()), 6), "max": round(float(x.max()), 6),
+                "mean": round(float(x.mean(dtype=np.float64)), 6), "std": round(float(x.std(dtype=np.float64)), 6)}
+
+    def split_warnings(self, *, calibrates: bool, minimum: int = 100) -> list[str]:
+        """Why a split is too small to trust (calibration only when a stage calibrates from it)."""
+        out = []
+        sizes = {k: int(len(v)) for k, v in self.splits.items()}
+        for name, key in (("calibration", "calibration"), ("evaluation", "eval")):
+            if name == "calibration" and not calibrates:
+                continue
+            if sizes[key] < minimum:
+                out.append(f"the {name} split has only {sizes[key]} sample(s) of {len(self)} (< {minimum}): "
+                           f"{'quantization ranges' if key == 'calibration' else 'accuracy and fidelity'} from so "
+                           f"few are noisy; raise data.splits.{key} (now {sizes[key] / max(len(self), 1):.2f} of "
+                           f"the data), lower data.splits.train if nothing trains, or add samples")
+        return out
+
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary for the report."""
         out: dict[str, Any] = {
@@ -119,6 +139,7 @@ class Dataset:
             "num_classes": self.num_classes,
             "labeled": self.y is not None,
             "fingerprint": self.fingerprint,
+            "input_range": self.input_range(),
         }
         if self.classes is not None:
             out["classes"] = list(self.classes)
@@ -215,7 +236,7 @@ def _build(
         if opts.image_size is not None and x.shape[2:] != (opts.image_size, opts.image_size):
             x = _resize(x, opts.image_size)
 
-    if opts.normalize != "none":
+    if opts.normalize not in (None, "none"):
         if unit_scale != 1.0:
             x /= np.float32(unit_scale)
         if opts.normalize == "standard":

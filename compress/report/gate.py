@@ -16,7 +16,7 @@ def metric_value(report: Report, rec: StageRecord, metric: str, target: str) -> 
         if not (m and base) or m.accuracy is None or base.accuracy is None:
             return None
         return round(base.accuracy - m.accuracy, 4)
-    if metric in ("agreement", "cosine"):
+    if metric in ("agreement", "agreement_top5", "cosine", "cosine_p1", "relative_error"):  # evaluation.FIDELITY
         return getattr(m, metric) if m else None
     if metric == "latency_p50_ms":
         return m.latency.p50_ms if m and m.latency else None

@@ -24,6 +24,12 @@ class Measurement(_M):
     accuracy: float | None = Field(None, description="Top-1 %, exported artifact in the target runtime.")
     agreement: float | None = Field(None, description="Top-1 agreement with the baseline, %.")
     cosine: float | None = Field(None, description="Mean cosine similarity of outputs vs the baseline.")
+    agreement_top5: float | None = Field(None, description="% of samples whose baseline top-1 is in this top 5.")
+    cosine_p1: float | None = Field(None, description="Worst 1%: mean cosine of the worst 1% of samples vs the baseline.")
+    relative_error: float | None = Field(None, description="Mean ||out - baseline|| / ||baseline|| per sample.")
+    vs_input: dict[str, float | None] = Field(
+        default_factory=dict, description="Fidelity vs the stage's own input (same metrics as above; the "
+        "regression check reads these).")
     n_eval: int = 0
     session: dict[str, Any] = Field(default_factory=dict)
     optimized_ops: dict[str, int] = Field(default_factory=dict,

@@ -56,6 +56,9 @@ class Stage(ABC):
     summary: ClassVar[str] = ""
     #: whether run() reads the pipeline's calibration data (then it is part of the stage's cache key)
     uses_calibration: ClassVar[bool] = False
+    #: whether run() may read the train split (fine-tuning, distillation, QAT...). Stages that declare
+    #: False let a pipeline whose nothing trains give the train share to evaluation by default.
+    trains: ClassVar[bool] = True
 
     @classmethod
     def output_kind(cls, config: StageConfig, input_kind: str) -> str:

@@ -46,6 +46,7 @@ class ExportOnnx(Stage):
     Config = ExportOnnxConfig
     accepts = (TORCH_FLOAT,)
     produces = ONNX_FLOAT
+    trains = False
     summary = "Export to ONNX (torch.onnx.export) and check parity with ONNX Runtime."
 
     def run(self, artifact: "Artifact", ctx: "StageContext") -> "Artifact":

@@ -91,6 +91,7 @@ class FoldBatchNorm(Stage):
     type: ClassVar[str] = "transform.fold_bn"
     Config = FoldBNConfig
     accepts = (TORCH_FLOAT,)
+    trains = False
     summary = "Fold BatchNorm into the preceding Conv/Linear (torch.nn.utils.fusion)."
 
     def run(self, artifact: "Artifact", ctx: "StageContext") -> "Artifact":

@@ -143,6 +143,7 @@ class QuantizePTQ(Stage):
     accepts = (TORCH_FLOAT, ONNX_FLOAT)
     produces = ONNX_QUANTIZED
     summary = "INT8 post-training quantization, calibrated (onnxruntime quantize_static QDQ, or nncf.quantize)."
+    trains = False
     uses_calibration = True
 
     # ---------------------------------------------------------------------------------------------

@@ -305,6 +305,7 @@ class QuantizeWeights(Stage):
     Config = QuantizeWeightsConfig
     accepts = (TORCH_FLOAT, ONNX_FLOAT)
     produces = ONNX_QUANTIZED
+    trains = False
     summary = ("Weight-only INT4/INT8 of MatMul layers (onnxruntime MatMulNBitsQuantizer or "
                "nncf.compress_weights); activations stay float.")
 
