@@ -23,6 +23,8 @@ from compress.calibration import CalibrationConfig
 from compress.data import DataConfig
 from compress.errors import ConfigError
 from compress.export import ExportConfig
+from compress.report.metrics import METRICS
+from compress.report.metrics import names as metric_names
 from compress.runtimes.timing import TimingPolicy
 from compress.stages import get_stage, registry, suggest
 from compress.stages.base import ONNX_FLOAT, TORCH_FLOAT
@@ -121,30 +123,44 @@ class EvaluationConfig(_Strict):
     max_samples: int | None = Field(None, ge=1)
 
 
-GateMetric = Literal[
-    "accuracy", "accuracy_drop", "agreement", "agreement_top5", "cosine", "cosine_p1", "relative_error",
-    "latency_p50_ms", "latency_p90_ms",
-    "speedup", "size_mb", "size_ratio", "params", "macs",
-]
+GateMetric = Literal[metric_names()]  # the gate metric registry: compress/report/metrics.py
 
 
 class GateConfig(_Strict):
-    """A release gate: ``metric`` of ``stage`` on ``target`` must be ``<= max`` or ``>= min``.
+    """A release gate: ``metric`` of ``stage`` on ``target`` must be ``<= max``, ``>= min`` or, for
+    ``latency_p50``, regress at most ``max_regression_pct`` percent.
 
-    ``accuracy_drop`` is in percentage points vs the baseline; ``speedup`` is baseline time / stage time, the median over interleaved timing rounds
-    (measured interleaved); ``size_ratio`` is stage size / baseline size.
+    Metrics and units: compress/report/metrics.py (README "Release gates"). Relative metrics compare with the
+    baseline, or with ``against:`` (a released .onnx or a previous report.json whose model still exists),
+    which is then re-measured on this machine, interleaved with the candidate and on the same data.
+    Latency gates decide from a confidence interval: pass, fail, or inconclusive (exit 4 with
+    ``fail_on_unstable``) after the measurement has extended itself up to the timing budget.
     """
 
     metric: GateMetric
     max: float | None = None
     min: float | None = None
+    max_regression_pct: float | None = Field(None, ge=0, description="latency_p50 only: the largest slowdown vs "
+                                             "the reference, in percent, that still passes.")
+    against: str | None = Field(None, description="Compare with this released model (.onnx) or previous "
+                                "report.json instead of the baseline (relative metrics only).")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence of the interval latency gates "
+                              "decide from.")
     stage: str = Field("final", description="Stage name, 'final' (the last stage) or 'baseline'.")
     target: str | None = Field(None, description="Target name; default: the first target.")
 
     @model_validator(mode="after")
     def _one_bound(self) -> "GateConfig":
-        if (self.max is None) == (self.min is None):
-            raise ValueError(f"gate on '{self.metric}' needs exactly one of max or min")
+        bounds = [b for b in ("max", "min", "max_regression_pct") if getattr(self, b) is not None]
+        if len(bounds) != 1:
+            raise ValueError(f"gate on '{self.metric}' needs exactly one of max, min or max_regression_pct"
+                             + (f" (got {', '.join(bounds)})" if bounds else ""))
+        if (self.metric == "latency_p50") != (self.max_regression_pct is not None):
+            raise ValueError("max_regression_pct goes with metric latency_p50 (and latency_p50 takes "
+                             "max_regression_pct); for absolute milliseconds use latency_p50_ms with max")
+        if self.against is not None and not METRICS[self.metric].relative:
+            rel = ", ".join(m.name for m in METRICS.values() if m.relative)
+            raise ValueError(f"against: compares relative metrics ({rel}), not '{self.metric}'")
         return self
 
 

@@ -105,9 +105,11 @@ class Runner:
 
             report.gates += [GateResult(**r, passed=False) for r in self.regressions]
         unstable = any(m.latency and m.latency.unstable for r in records for m in r.measurements.values())
-        if any(not g.passed for g in report.gates):
+        inconclusive = [g for g in report.gates if g.status == "inconclusive"]
+        report.warnings += [f"gate {g.metric} ({g.stage}, {g.target}) is INCONCLUSIVE: {g.detail}" for g in inconclusive]
+        if any(g.status == "fail" for g in report.gates):
             report.status = "gate_failed"
-        elif unstable and self.cfg.fail_on_unstable:
+        elif (unstable or inconclusive) and self.cfg.fail_on_unstable:
             report.status = "unstable"
         self._write(report)
         self.ui.detail(f"run took {time.monotonic() - started:.1f} s")
@@ -260,9 +262,17 @@ class Runner:
         from compress.runtimes import get_runtime, measure_interleaved
         from compress.runtimes.timing import LatencyStats
 
+        from compress.report.gate import latency_questions, measurement_decided
+
         deps = [self._deployables[r.name] for r in records]
+        names = {"baseline": records[0].name, "final": records[-1].name, **{r.name: r.name for r in records}}
+        questions = latency_questions(self.cfg.gates, target.name, self.cfg.targets[0].name, names)
+        until = (lambda stats: measurement_decided(questions, stats)) if questions else None
         key = cache_key(step="latency", onnx=[d.hash for d in deps], target=target.model_dump(mode="json"))
         cached = None if self.remeasure else self.cache.get_json(key)
+        if cached is not None and until is not None and not until(
+                {r.name: LatencyStats.model_validate(s) for r, s in zip(records, cached)}):
+            cached = None  # a gate is undecided on the cached samples: measure again, extending until decided
         if cached is not None:
             self.ui.info(f"[green]✓[/green] latency on {target.name}: [dim]cached, not re-measured "
                          f"(--remeasure to time again)[/dim]")
@@ -281,7 +291,8 @@ class Runner:
                 xb = _batch(x, fixed or target.batch_size)
                 runners[rec.name] = sess.runner(xb)
             with self.ui.progress(f"timing {len(runners)} artifact(s) on {target.name} (interleaved)", 1000) as bar:
-                stats = measure_interleaved(runners, target.timing, progress=lambda f: bar.set(f * 1000))
+                stats = measure_interleaved(runners, target.timing, progress=lambda f: bar.set(f * 1000),
+                                            until=until)
         finally:
             for s in sessions:
                 s.close()
@@ -300,6 +311,7 @@ class Runner:
                 if m.latency and base.latency:
                     m.speedup_vs_baseline = round(_speedup(base.latency, m.latency), 4)
                     m.speedup_vs_previous = round(_speedup(prev.latency, m.latency), 4)
+                    m.speedup_ci, m.speedup_rounds = _speedup_ci(base.latency, m.latency)
                 if rec is not records[0]:
                     if m.speedup_vs_previous is not None and m.speedup_vs_previous < SLOWER:
                         msg = (f"stage '{rec.name}' made the model SLOWER on {t.name}: p50 "
@@ -341,6 +353,15 @@ def _speedup(reference, other) -> float:
 
     paired = paired_speedup(reference, other)
     return paired if paired is not None else reference.p50_ms / other.p50_ms
+
+
+def _speedup_ci(reference, other) -> tuple[list[float] | None, int]:
+    """95% sign-test interval of the paired speed-up (compress/stats.py) and the rounds behind it."""
+    from compress.runtimes.timing import paired_ratios
+    from compress.stats import ratio_ci
+
+    ci = ratio_ci(paired_ratios(reference, other))
+    return ([round(ci.low, 4), round(ci.high, 4)] if ci.bounded else None), ci.n
 
 
 def _fixed_batch(sess) -> int | None:

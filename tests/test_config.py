@@ -75,7 +75,7 @@ def test_model_source_rules(tiny_yaml):
 
 
 def test_gate_needs_one_bound_and_real_stage(tiny_yaml):
-    assert "exactly one of max or min" in _err(tiny_yaml(gates=[{"metric": "speedup"}]))
+    assert "exactly one of max, min or max_regression_pct" in _err(tiny_yaml(gates=[{"metric": "speedup"}]))
     assert "not a stage name" in _err(tiny_yaml(gates=[{"metric": "speedup", "min": 1, "stage": "nope"}]))
     assert "unknown key" in _err(tiny_yaml(gates=[{"metric": "speedup", "min": 1, "threshhold": 2}]))
 

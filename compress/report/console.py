@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compress.report.markdown import COLUMNS, gate_rows, rows
+from compress.report.markdown import COLUMNS, GATE_COLUMNS, gate_rows, rows
 from compress.report.model import Report
 
 
@@ -18,10 +18,10 @@ def print_report(ui, report: Report, path: Path) -> None:
     ui.out.print(table)
     if report.gates:
         gt = Table(title="gates")
-        for c in ("result", "gate", "threshold", "observed", "margin", "note"):
+        for c in GATE_COLUMNS:
             gt.add_column(c)
         for r in gate_rows(report):
-            style = "green" if r[0] == "PASS" else "bold red"
+            style = {"PASS": "green", "FAIL": "bold red"}.get(r[0], "bold yellow")
             gt.add_row(f"[{style}]{r[0]}[/{style}]", *r[1:])
         ui.out.print(gt)
     for w in report.warnings:

@@ -1,36 +1,57 @@
-"""Release gates: evaluate ``gates:`` from the pipeline against a report. Pure functions of data."""
+"""Release gates: evaluate ``gates:`` from the pipeline against a report. Pure functions of data.
+
+Plain metrics pass or fail on their value. Latency metrics (``latency: paired | quantile`` in the
+registry, compress/report/metrics.py) decide from a confidence interval (compress/stats.py): pass when the
+whole interval is inside the threshold, fail when the whole interval is outside, inconclusive otherwise.
+:func:`measurement_decided` asks the same question of statistics still being collected, so the one
+timing loop can extend a measurement until every latency gate is decided (or its budget ends).
+"""
 from __future__ import annotations
 
 from typing import Any
 
-from compress.report.model import GateResult, Report, StageRecord
+from compress.report.metrics import METRICS
+from compress.report.model import GateResult, Report
+from compress.runtimes.timing import LatencyStats
 
 
-def metric_value(report: Report, rec: StageRecord, metric: str, target: str) -> float | None:
-    """The value of ``metric`` for one stage record on one target (``None`` when not measurable)."""
-    m = rec.measurements.get(target)
-    base = report.baseline.measurements.get(target)
-    if metric == "accuracy":
-        return m.accuracy if m else None
-    if metric == "accuracy_drop":
-        if not (m and base) or m.accuracy is None or base.accuracy is None:
-            return None
-        return round(base.accuracy - m.accuracy, 4)
-    if metric in ("agreement", "agreement_top5", "cosine", "cosine_p1", "relative_error"):  # evaluation.FIDELITY
-        return getattr(m, metric) if m else None
-    if metric == "latency_p50_ms":
-        return m.latency.p50_ms if m and m.latency else None
-    if metric == "latency_p90_ms":
-        return m.latency.p90_ms if m and m.latency else None
+def bound(gate: Any) -> tuple[str, float]:
+    """(op, threshold) of a gate config."""
+    if gate.max_regression_pct is not None:
+        return "<=", gate.max_regression_pct
+    return ("<=", gate.max) if gate.max is not None else (">=", gate.min)
+
+
+def latency_interval(metric: str, stats: LatencyStats | None, ref_stats: LatencyStats | None,
+                     confidence: float):
+    """Confidence interval (``compress.stats.RatioCI``) of a latency metric, in the metric's unit; ``None``
+    when the metric is not a latency metric or the statistics are missing."""
+    from compress.runtimes.timing import paired_ratios
+    from compress.stats import quantile_ci, ratio_ci
+
+    spec = METRICS[metric]
+    if spec.latency is None or stats is None:
+        return None
+    if spec.latency == "quantile":
+        return quantile_ci(stats.samples_ms, spec.quantile, confidence)
+    if ref_stats is None:
+        return None
+    ci = ratio_ci(paired_ratios(ref_stats, stats), confidence)  # speed-up: reference time / this time
     if metric == "speedup":
-        return m.speedup_vs_baseline if m else None
-    if metric == "size_mb":
-        return rec.artifact.size_bytes / 1e6
-    if metric == "size_ratio":
-        return rec.artifact.size_bytes / report.baseline.artifact.size_bytes
-    if metric in ("params", "macs"):
-        return getattr(rec.artifact, metric)
-    raise KeyError(metric)
+        return ci
+    slow = ci.inverted()  # this time / reference time
+    pct = (lambda v: None if v is None else (v - 1.0) * 100.0)
+    return type(ci)(pct(slow.point), pct(slow.low), pct(slow.high), ci.n, ci.confidence)
+
+
+def _decide(metric: str, op: str, threshold: float, observed: float | None, ci) -> str:
+    from compress.stats import decide
+
+    if ci is not None:
+        return decide(ci, op, threshold)
+    if observed is None:
+        return "fail"
+    return "pass" if (observed <= threshold if op == "<=" else observed >= threshold) else "fail"
 
 
 def check_gates(report: Report, gates: list[Any], default_target: str) -> list[GateResult]:
@@ -38,14 +59,56 @@ def check_gates(report: Report, gates: list[Any], default_target: str) -> list[G
     for g in gates:
         target = g.target or default_target
         rec = report.record(g.stage)
-        observed = metric_value(report, rec, g.metric, target)
-        op, threshold = ("<=", g.max) if g.max is not None else (">=", g.min)
+        ref = report.reference(g.against)
+        m, rm = rec.measurements.get(target), ref.measurements.get(target)
+        spec = METRICS[g.metric]
+        op, threshold = bound(g)
+        common = dict(metric=g.metric, stage=rec.name, target=target, op=op, threshold=threshold, against=g.against,
+                      unit=spec.unit)
+        observed = spec.value(rec, m, ref, rm)
         if observed is None:
-            results.append(GateResult(metric=g.metric, stage=rec.name, target=target, op=op, threshold=threshold,
-                                      observed=None, margin=None, passed=False,
+            results.append(GateResult(**common, observed=None, margin=None, passed=False,
                                       detail=f"{g.metric} was not measured (no labels or no latency)"))
             continue
+        ci = latency_interval(g.metric, m.latency if m else None, rm.latency if rm else None, g.confidence)
+        status = _decide(g.metric, op, threshold, observed, ci)
         margin = (threshold - observed) if op == "<=" else (observed - threshold)
-        results.append(GateResult(metric=g.metric, stage=rec.name, target=target, op=op, threshold=threshold,
-                                  observed=round(observed, 6), margin=round(margin, 6), passed=margin >= 0))
+        detail = ""
+        if ci is not None:
+            common.update(ci_low=_r(ci.low), ci_high=_r(ci.high), confidence=g.confidence, rounds=ci.n)
+            if status == "inconclusive":
+                detail = (f"the {g.confidence:.0%} interval straddles the threshold after {ci.n} "
+                          f"{'paired rounds' if spec.latency == 'paired' else 'samples'}: give the target's "
+                          f"timing more max_seconds, or a quieter machine")
+        results.append(GateResult(**common, observed=round(observed, 6), margin=round(margin, 6),
+                                  passed=status == "pass", status=status, detail=detail))
     return results
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 6)
+
+
+def latency_questions(gates: list[Any], target: str, default_target: str, names: dict[str, str]) -> list[tuple]:
+    """The latency gates on ``target`` as (metric, op, threshold, record name, reference name, confidence).
+
+    ``names`` maps a gate's stage ('final', 'baseline', a stage name) and ``against`` to the runner's record
+    names (the keys of the timed runners)."""
+    out = []
+    for g in gates:
+        if (g.target or default_target) != target or METRICS[g.metric].latency is None:
+            continue
+        op, threshold = bound(g)
+        out.append((g.metric, op, threshold, names[g.stage], names["baseline" if g.against is None else g.against],
+                    g.confidence))
+    return out
+
+
+def measurement_decided(questions: list[tuple], stats: dict[str, LatencyStats]) -> bool:
+    """True when every latency gate in ``questions`` is decided (pass or fail) by ``stats`` so far: the
+    ``until`` of :func:`compress.runtimes.timing.measure_interleaved`."""
+    for metric, op, threshold, name, ref, confidence in questions:
+        ci = latency_interval(metric, stats.get(name), stats.get(ref), confidence)
+        if ci is not None and _decide(metric, op, threshold, ci.point, ci) == "inconclusive":
+            return False
+    return True

@@ -21,6 +21,27 @@ COLUMNS = ["stage", "type", "target", "accuracy %", "Δ acc", "p50 ms", "p90 ms"
            "precision", "cached"]
 
 
+def speedup_cell(m) -> str:
+    """``2.20x [2.15–2.26]``: the paired speed-up with its 95% interval (compress/stats.py)."""
+    cell = _fmt(m.speedup_vs_baseline, ".2f", "x")
+    if m.speedup_ci and m.speedup_vs_baseline is not None and m.speedup_vs_baseline != 1.0:
+        cell += f" [{m.speedup_ci[0]:.2f}–{m.speedup_ci[1]:.2f}]"
+    return cell
+
+
+def interval(g) -> str:
+    """A gate's observed value with its interval, e.g. ``1.52 [1.49, 1.55] (95%, 212 rounds)``."""
+    text = _fmt(g.observed, ".4g")
+    if g.ci_low is not None and g.ci_high is not None:
+        text += f" [{g.ci_low:.4g}, {g.ci_high:.4g}] ({g.confidence:.0%}, n={g.rounds})"
+    elif g.rounds is not None:
+        text += f" (no interval yet, n={g.rounds})"
+    return text
+
+
+GATE_COLUMNS = ["result", "gate", "threshold", "observed [interval]", "margin", "note"]
+
+
 def rows(report: Report) -> list[list[str]]:
     out = []
     base = report.baseline
@@ -32,7 +53,7 @@ def rows(report: Report) -> list[list[str]]:
             out.append([
                 rec.name, rec.type, t, _fmt(m.accuracy), _fmt(drop, "+.2f"),
                 _fmt(lat.p50_ms if lat else None, ".3f") + (" ⚠" if lat and lat.unstable else ""),
-                _fmt(lat.p90_ms if lat else None, ".3f"), _fmt(m.speedup_vs_baseline, ".2f", "x"),
+                _fmt(lat.p90_ms if lat else None, ".3f"), speedup_cell(m),
                 f"{rec.artifact.size_bytes / 1e6:.2f} MB", _human(rec.artifact.params), _human(rec.artifact.macs),
                 rec.artifact.precision, "yes" if rec.cache_hit else "no",
             ])
@@ -40,8 +61,9 @@ def rows(report: Report) -> list[list[str]]:
 
 
 def gate_rows(report: Report) -> list[list[str]]:
-    return [[("PASS" if g.passed else "FAIL"), f"{g.metric} ({g.stage}, {g.target})", f"{g.op} {g.threshold:g}",
-             _fmt(g.observed, ".4g"), _fmt(g.margin, "+.4g"), g.detail] for g in report.gates]
+    return [[g.status.upper(), f"{g.metric} ({g.stage}, {g.target}" + (f", vs {g.against}" if g.against else "") + ")",
+             f"{g.op} {g.threshold:g}{(' ' + g.unit) if g.unit in ('%', 'ms', 'x') else ''}", interval(g),
+             _fmt(g.margin, "+.4g"), g.detail] for g in report.gates]
 
 
 def _fact_items(facts: dict) -> list[str]:
@@ -90,7 +112,7 @@ def render_markdown(report: Report) -> str:
     lines += ["", "<details><summary>Stage details (per-layer precision, runtime kernels, stage facts)</summary>", ""]
     lines += stage_details(report) + ["", "Full per-layer data: `report.json`.", "", "</details>"]
     if report.gates:
-        lines += ["", "### Gates", "", "| result | gate | threshold | observed | margin | note |", "|---|---|---|---|---|---|"]
+        lines += ["", "### Gates", "", "| " + " | ".join(GATE_COLUMNS) + " |", "|" + "---|" * len(GATE_COLUMNS)]
         lines += ["| " + " | ".join(r) + " |" for r in gate_rows(report)]
     if report.warnings:
         lines += ["", "### Warnings", ""] + [f"- ⚠️ {w}" for w in report.warnings]

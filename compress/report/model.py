@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.runtimes.timing import LatencyStats
 
@@ -21,6 +21,14 @@ class Measurement(_M):
     latency: LatencyStats | None = None
     speedup_vs_baseline: float | None = None
     speedup_vs_previous: float | None = None
+    speedup_ci: list[float] | None = Field(None, description="Confidence interval [low, high] of "
+                                           "speedup_vs_baseline (sign test on the paired per-round ratios).")
+    speedup_rounds: int = Field(0, description="Paired interleaving rounds behind speedup_vs_baseline.")
+    efficiency: float | None = Field(None, description="MACs / p50 / this machine's peak MAC rate for the "
+                                     "artifact's precision on this target (0..1).")
+    vs_reference: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per released reference (gate `against`): fidelity of this "
+        "artifact's outputs vs the reference's on the same data (agreement, cosine).")
     accuracy: float | None = Field(None, description="Top-1 %, exported artifact in the target runtime.")
     agreement: float | None = Field(None, description="Top-1 agreement with the baseline, %.")
     cosine: float | None = Field(None, description="Mean cosine similarity of outputs vs the baseline.")
@@ -69,7 +77,22 @@ class GateResult(_M):
     observed: float | None
     margin: float | None = Field(None, description="How far inside (+) or outside (-) the threshold.")
     passed: bool
+    status: Literal["pass", "fail", "inconclusive"] | None = Field(
+        None, description="Latency gates decide from the confidence interval: inconclusive when it straddles "
+        "the threshold after the measurement's budget.")
+    ci_low: float | None = None
+    ci_high: float | None = None
+    confidence: float | None = None
+    rounds: int | None = Field(None, description="Paired rounds (or samples) behind the interval.")
+    against: str | None = Field(None, description="The released model compared with, when not the baseline.")
+    unit: str = ""
     detail: str = ""
+
+    @model_validator(mode="after")
+    def _status(self) -> "GateResult":
+        if self.status is None:
+            self.status = "pass" if self.passed else "fail"
+        return self
 
 
 class Report(_M):
@@ -86,9 +109,23 @@ class Report(_M):
     stages: list[StageRecord] = Field(default_factory=list)
     gates: list[GateResult] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    references: list[StageRecord] = Field(
+        default_factory=list, description="Released models named by gates' `against`, re-measured here; "
+        "facts['source_environment'] holds where a reference report was measured.")
+    peak: dict[str, Any] = Field(default_factory=dict, description="Per target: this machine's measured peak "
+                                 "MAC rate (GMAC/s) per precision, the denominator of `efficiency`.")
 
     def records(self) -> list[StageRecord]:
         return [self.baseline, *self.stages]
+
+    def reference(self, against: str | None) -> StageRecord:
+        """The record relative metrics compare with: the baseline, or the released model ``against``."""
+        if against is None:
+            return self.baseline
+        for r in self.references:
+            if r.name == against:
+                return r
+        raise KeyError(against)
 
     def record(self, name: str) -> StageRecord:
         if name == "final":

@@ -17,7 +17,11 @@ Stopping rule (checked after every round):
     every runner has ``n >= min_runs`` samples AND
     (its own timed time ``sum(samples) >= min_seconds`` OR ``n >= max_runs``)
 
-with two hard caps that can end sampling earlier:
+and, when the caller passes ``until``, also ``until(stats so far)`` is true: the measurement
+*extends itself* round by round until the caller's question is answered (e.g. a confidence interval
+excludes a gate threshold), within the caps below.
+
+Two hard caps end sampling earlier:
 
 * a runner never gets more than ``max_runs`` samples (it simply sits out the
   remaining rounds while the others catch up);
@@ -44,7 +48,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["TimingPolicy", "LatencyStats", "measure", "measure_interleaved", "percentile"]
+__all__ = ["TimingPolicy", "LatencyStats", "measure", "measure_interleaved", "paired_ratios", "paired_speedup",
+           "percentile"]
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +171,15 @@ def measure_interleaved(
     *,
     clock: Callable[[], float] = time.perf_counter,
     progress: Callable[[float], None] | None = None,
+    until: Callable[[dict[str, LatencyStats]], bool] | None = None,
 ) -> dict[str, LatencyStats]:
     """Time several zero-argument callables interleaved; see the module docstring for the rules.
 
     Returns one :class:`LatencyStats` per runner, keyed and ordered like ``runners``.
     ``progress`` (if given) receives a non-decreasing fraction in [0, 1] after every
-    round and exactly 1.0 at the end.
+    round and exactly 1.0 at the end. ``until`` (if given) is asked after every round once the
+    ordinary stopping rule holds, with the statistics so far; sampling goes on while it answers
+    False, up to ``max_runs`` per runner and the wall-time cap.
     """
     names = list(runners)
     if not names:
@@ -206,11 +214,26 @@ def measure_interleaved(
         by_time = own_s[name] / policy.min_seconds if policy.min_seconds > 0 else 1.0
         return min(1.0, n / policy.min_runs, max(by_time, n / policy.max_runs))
 
+    def summary() -> dict[str, LatencyStats]:
+        out = {}
+        for name in names:
+            stats = LatencyStats.from_samples(samples[name], warm[name], policy.cv_threshold)
+            stats.rounds = list(rounds[name])
+            out[name] = stats
+        return out
+
+    def finished() -> bool:
+        if not all(done(name) for name in names):
+            return False
+        if until is None or all(len(samples[m]) >= policy.max_runs for m in names):
+            return True
+        return bool(until(summary()))
+
     start = clock()
     now = start
     capped = False
     rnd = 0
-    while not all(done(name) for name in names):
+    while not finished():
         shift = rnd % k
         order = names[shift:] + names[:shift]
         for name in order:
@@ -234,7 +257,7 @@ def measure_interleaved(
         if capped:
             break
         rnd += 1
-        report(max(min(runner_fraction(m) for m in names), (now - start) / budget_s))
+        report(max(min(runner_fraction(m) for m in names) * (0.5 if until else 1.0), (now - start) / budget_s))
 
     if capped:
         short = [m for m in names if len(samples[m]) < policy.min_runs]
@@ -245,12 +268,21 @@ def measure_interleaved(
                 policy.max_seconds, policy.min_runs, ", ".join(short),
             )
     report(1.0)
-    out = {}
-    for name in names:
-        stats = LatencyStats.from_samples(samples[name], warm[name], policy.cv_threshold)
-        stats.rounds = rounds[name]
-        out[name] = stats
-    return out
+    return summary()
+
+
+def paired_ratios(reference: LatencyStats, other: LatencyStats) -> list[float]:
+    """Per-round ratios ``reference / other`` of the per-round medians, for every interleaving round both
+    were timed in (sorted). The raw material of :func:`paired_speedup` and of its confidence interval
+    (``compress.stats``)."""
+    def per_round(s: LatencyStats) -> dict[int, list[float]]:
+        groups: dict[int, list[float]] = {}
+        for r, v in zip(s.rounds, s.samples_ms):
+            groups.setdefault(r, []).append(v)
+        return {r: percentile(sorted(vs), 50) for r, vs in groups.items()}
+
+    a, b = per_round(reference), per_round(other)
+    return sorted(a[r] / b[r] for r in a.keys() & b.keys() if b[r] > 0)
 
 
 def paired_speedup(reference: LatencyStats, other: LatencyStats) -> float | None:
@@ -261,15 +293,7 @@ def paired_speedup(reference: LatencyStats, other: LatencyStats) -> float | None
     during the measurement (another tenant, frequency scaling), because each ratio compares samples
     taken moments apart. ``None`` when the two share no round (not measured together).
     """
-    def per_round(s: LatencyStats) -> dict[int, list[float]]:
-        groups: dict[int, list[float]] = {}
-        for r, v in zip(s.rounds, s.samples_ms):
-            groups.setdefault(r, []).append(v)
-        return groups
-
-    a, b = per_round(reference), per_round(other)
-    ratios = sorted(percentile(sorted(a[r]), 50) / percentile(sorted(b[r]), 50) for r in a.keys() & b.keys()
-                    if percentile(sorted(b[r]), 50) > 0)
+    ratios = paired_ratios(reference, other)
     return percentile(ratios, 50) if ratios else None
 
 
