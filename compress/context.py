@@ -1,4 +1,5 @@
-"""What a stage gets besides its input artifact: data, its work folder, export settings, progress."""
+"""What a stage gets besides its input artifact: data, its work folder, export settings, progress, and
+the measurement service (``ctx.measure``) to measure candidates exactly like pipeline records."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from compress.calibration import CalibrationConfig
     from compress.data import Dataset
     from compress.export import ExportConfig
+    from compress.measure import Measure
 
 ProgressFactory = Callable[[str, int], Any]
 
@@ -40,6 +42,8 @@ class StageContext:
     stage_name: str = ""
     log: Callable[[str], None] = print
     progress: Callable[[str, int], Any] = null_progress  # context manager: (description, total) -> .update()
+    #: the run's measurement service: stages measure candidates through it (latency, fidelity, facts)
+    measure: "Measure | None" = None
 
     def load_torch(self, art: Artifact) -> "torch.nn.Module":
         """A fresh, independent torch module for ``art`` (stages may modify it freely)."""

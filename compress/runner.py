@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from compress import __version__
-from compress.artifact import ONNX, Artifact, save_onnx
+from compress.artifact import Artifact
 from compress.cache import Cache, cache_key
 from compress.config import LoadedConfig, check_paths
 from compress.context import StageContext
 from compress.errors import CompressError, StageError
+from compress.measure import Measure
 from compress.report.model import ArtifactInfo, Measurement, Report, StageRecord
 from compress.ui import UI
 
@@ -39,7 +40,7 @@ class Runner:
         self.warnings: list[str] = []
         self.regressions: list[dict[str, Any]] = []  # stages that made a model slower / less accurate
         self._counts: dict[str, dict] = {}  # artifact hash -> {macs, params}, inherited by ONNX children
-        self._deployables: dict[str, Artifact] = {}  # record name -> the ONNX artifact measured
+        self._artifacts: dict[str, Artifact] = {}  # record name -> its artifact (measured through self.measure)
 
     # ---------------------------------------------------------------------------------------------
     def run(self) -> Report:
@@ -50,6 +51,9 @@ class Runner:
         check_paths(self.loaded)
         self.dataset = ds = load_dataset(self.cfg.data, self.loaded.base_dir)
         check_input_shape(ds, self.cfg.model.input_shape)
+        self.measure = Measure(self.cache, targets=self.cfg.targets, dataset=ds, export=self.cfg.export,
+                               evaluation=self.cfg.evaluation, base_dir=self.loaded.base_dir,
+                               remeasure=self.remeasure, info=self.ui.info, progress=self.ui.progress)
         self.ui.info(f"data: {ds.source_desc}, {', '.join(f'{k} {len(v)}' for k, v in ds.splits.items())} "
                      f"(fingerprint {ds.fingerprint[:12]})")
 
@@ -75,7 +79,7 @@ class Runner:
                             input=art.hash, data=ds.fingerprint,
                             calibration=calib if stage.uses_calibration else None)
             ctx_base = dict(dataset=ds, export=self.cfg.export, base_dir=self.loaded.base_dir, stage_name=spec.name,
-                            calibration=self.cfg.calibration,
+                            calibration=self.cfg.calibration, measure=self.measure,
                             log=lambda m, n=spec.name: self.ui.info(f"  [{n}] {m}"), progress=self.ui.progress)
 
             def build(wd: Path, stage=stage, prev=art, ctx_base=ctx_base) -> Artifact:
@@ -140,53 +144,20 @@ class Runner:
         self.ui.info(f"[green]✓[/green] {label}: done in {secs} s")
         return art, False, secs
 
-    def deployable(self, art: Artifact) -> Artifact:
-        """The ONNX artifact that is measured and shipped: ``art`` itself, or its cached export."""
-        if art.format == "onnx":
-            return art
-        key = cache_key(step="export", input=art.hash, export=self.cfg.export.model_dump(mode="json"))
-        hit = self.cache.get_artifact(key)
-        if hit is not None:
-            return hit
-
-        def build(wd: Path) -> Artifact:
-            from compress.artifact import build_module
-            from compress.export import export_onnx
-
-            model = build_module(art, self.loaded.base_dir)
-            export_onnx(model, art.input_shape, wd / ONNX, self.cfg.export, art.input_name)
-            return save_onnx(wd / ONNX, wd, like=art, producer=f"{art.producer}:export", precision=art.precision)
-
-        return self.cache.build_artifact(key, build)
-
-    def _facts(self, art: Artifact, onnx_art: Artifact) -> dict[str, Any]:
-        key = cache_key(step="facts", input=art.hash, onnx=onnx_art.hash)
-        facts = self.cache.get_json(key)
-        if facts is None:
-            from compress.facts import onnx_facts, torch_facts
-
-            facts = onnx_facts(onnx_art.path("onnx"))
-            if art.format == "torch":
-                from compress.artifact import build_module
-
-                facts.update(torch_facts(build_module(art, self.loaded.base_dir), art.input_shape))
-            self.cache.put_json(key, facts)
-        return facts
-
     def _record(self, name: str, type_: str, config: dict, art: Artifact, hit: bool, secs: float) -> StageRecord:
         try:
-            dep = self.deployable(art)
+            dep = self.measure.deployable(art)
         except CompressError as e:
             e.message = f"after '{name}': {e.message}"
             raise
-        facts = self._facts(art, dep)
+        facts = self.measure.facts(art)
         if art.parent in self._counts:  # ONNX artifacts inherit MACs (and, once quantized, params) from their parent
             parent = self._counts[art.parent]
             facts = {**facts, "macs": facts.get("macs") or parent["macs"]}
             if art.precision != "float32":  # an initializer count would include scales and zero points
                 facts["params"] = parent["params"]
         self._counts[art.hash] = {"macs": facts.get("macs"), "params": facts.get("params")}
-        self._deployables[name] = dep
+        self._artifacts[name] = art
         if art.facts.get("random_weights"):
             self._warn("the baseline has random weights: accuracy numbers mean nothing (set model.weights or "
                        "model.train)")
@@ -213,93 +184,31 @@ class Runner:
 
     # ---------------------------------------------------------------------------------------------
     def _evaluate_all(self, target, records: list[StageRecord]) -> None:
-        import numpy as np
+        from compress.evaluation import FIDELITY
 
-        from compress.evaluation import run_outputs, score
-        from compress.runtimes import get_runtime
-
-        runtime = get_runtime(target.runtime)
-        ev = self.cfg.evaluation
-        tkey = target.model_dump(mode="json", exclude={"timing", "batch_size", "name"})
-        _, labels = self.dataset.split(ev.split)
-        if labels is not None and ev.max_samples:
-            labels = labels[: ev.max_samples]
-        reference = None
-        for rec in records:
-            dep = self._deployables[rec.name]
-            key = cache_key(step="evaluate", onnx=dep.hash, target=tkey, eval=ev.model_dump(mode="json"),
-                            data=self.dataset.fingerprint)
-            hit = self.cache.get_json(key)
-            out_path = self.cache.root / "results" / f"{key}.npy"
-            if hit is not None and out_path.is_file() and not self.remeasure:
-                outputs = np.load(out_path)
-                result = hit
-            else:
-                try:
-                    with runtime.open(dep.path("onnx"), target) as sess:
-                        fixed = _fixed_batch(sess)
-                        outputs = run_outputs(sess, self.dataset, ev.split, ev.batch_size, ev.max_samples, fixed)
-                        info = sess.info
-                    ops = runtime.optimized_op_counts(dep.path("onnx"), target)
-                except CompressError:
-                    raise
-                except Exception as e:  # noqa: BLE001
-                    raise StageError(f"'{rec.name}' does not run on target '{target.name}': "
-                                     f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
-                result = {"session": info, "optimized_ops": ops}
-                out_path.parent.mkdir(parents=True, exist_ok=True)
-                np.save(out_path, outputs)
-                self.cache.put_json(key, result)
-            scores = score(outputs, labels, reference)
-            if reference is None:
-                reference = outputs
+        arts = [self._artifacts[r.name] for r in records]
+        results = self.measure.evaluate(arts, target, reference=arts[0])
+        for rec, res in zip(records, results):
             rec.measurements[target.name] = Measurement(
-                target=target.name, accuracy=scores["accuracy"], agreement=scores["agreement"],
-                cosine=scores["cosine"], n_eval=scores["n"], session=result["session"],
-                optimized_ops=result["optimized_ops"])
+                target=target.name, accuracy=res["accuracy"], **{k: res.get(k) for k in FIDELITY},
+                n_eval=res["n"], session=res["session"], optimized_ops=res["optimized_ops"])
 
     def _time_all(self, target, records: list[StageRecord]) -> None:
-        from compress.runtimes import get_runtime, measure_interleaved
-        from compress.runtimes.timing import LatencyStats
-
         from compress.report.gate import latency_questions, measurement_decided
 
-        deps = [self._deployables[r.name] for r in records]
+        arts = [self._artifacts[r.name] for r in records]
         names = {"baseline": records[0].name, "final": records[-1].name, **{r.name: r.name for r in records}}
         questions = latency_questions(self.cfg.gates, target.name, self.cfg.targets[0].name, names)
         until = (lambda stats: measurement_decided(questions, stats)) if questions else None
-        key = cache_key(step="latency", onnx=[d.hash for d in deps], target=target.model_dump(mode="json"))
-        cached = None if self.remeasure else self.cache.get_json(key)
-        if cached is not None and until is not None and not until(
-                {r.name: LatencyStats.model_validate(s) for r, s in zip(records, cached)}):
-            cached = None  # a gate is undecided on the cached samples: measure again, extending until decided
-        if cached is not None:
+        stats = self.measure.latency(arts, target, label=f"timing {len(arts)} artifact(s) on {target.name} "
+                                     f"(interleaved)", names=[r.name for r in records], until=until)
+        for rec, st in zip(records, stats):
+            rec.measurements[target.name].latency = st
+        if self.measure.last_latency_cached:
             self.ui.info(f"[green]✓[/green] latency on {target.name}: [dim]cached, not re-measured "
                          f"(--remeasure to time again)[/dim]")
-            for rec, stats in zip(records, cached):
-                rec.measurements[target.name].latency = LatencyStats.model_validate(stats)
-            return
-        runtime = get_runtime(target.runtime)
-        x, _ = self.dataset.split(self.cfg.evaluation.split)
-        sessions = []
-        try:
-            runners = {}
-            for rec, dep in zip(records, deps):
-                sess = runtime.open(dep.path("onnx"), target)
-                sessions.append(sess)
-                fixed = _fixed_batch(sess)
-                xb = _batch(x, fixed or target.batch_size)
-                runners[rec.name] = sess.runner(xb)
-            with self.ui.progress(f"timing {len(runners)} artifact(s) on {target.name} (interleaved)", 1000) as bar:
-                stats = measure_interleaved(runners, target.timing, progress=lambda f: bar.set(f * 1000),
-                                            until=until)
-        finally:
-            for s in sessions:
-                s.close()
-        for rec in records:
-            rec.measurements[target.name].latency = stats[rec.name]
-        self.cache.put_json(key, [stats[r.name].model_dump(mode="json") for r in records])
-        self.ui.info(f"[green]✓[/green] latency on {target.name}: {len(records)} artifact(s) timed interleaved")
+        else:
+            self.ui.info(f"[green]✓[/green] latency on {target.name}: {len(records)} artifact(s) timed interleaved")
 
     def _compare(self, records: list[StageRecord]) -> None:
         """Speed-ups vs baseline and vs each stage's input; loud warnings when a stage made things worse."""
@@ -309,8 +218,8 @@ class Runner:
             for rec in records:
                 m = rec.measurements[t.name]
                 if m.latency and base.latency:
-                    m.speedup_vs_baseline = round(_speedup(base.latency, m.latency), 4)
-                    m.speedup_vs_previous = round(_speedup(prev.latency, m.latency), 4)
+                    m.speedup_vs_baseline = round(Measure.speedup(base.latency, m.latency), 4)
+                    m.speedup_vs_previous = round(Measure.speedup(prev.latency, m.latency), 4)
                     m.speedup_ci, m.speedup_rounds = _speedup_ci(base.latency, m.latency)
                 if rec is not records[0]:
                     if m.speedup_vs_previous is not None and m.speedup_vs_previous < SLOWER:
@@ -346,15 +255,6 @@ class Runner:
         shutil.copyfile(final_onnx, self.out_dir / "model.onnx")
         self.report_path = self.out_dir / "report.json"
 
-
-def _speedup(reference, other) -> float:
-    """Paired per-round ratio when both were timed in the same interleaved rounds, else ratio of p50s."""
-    from compress.runtimes.timing import paired_speedup
-
-    paired = paired_speedup(reference, other)
-    return paired if paired is not None else reference.p50_ms / other.p50_ms
-
-
 def _speedup_ci(reference, other) -> tuple[list[float] | None, int]:
     """95% sign-test interval of the paired speed-up (compress/stats.py) and the rounds behind it."""
     from compress.runtimes.timing import paired_ratios
@@ -362,15 +262,3 @@ def _speedup_ci(reference, other) -> tuple[list[float] | None, int]:
 
     ci = ratio_ci(paired_ratios(reference, other))
     return ([round(ci.low, 4), round(ci.high, 4)] if ci.bounded else None), ci.n
-
-
-def _fixed_batch(sess) -> int | None:
-    shape = sess.info.get("input_shape") or []
-    return shape[0] if shape and isinstance(shape[0], int) else None
-
-
-def _batch(x, n: int):
-    import numpy as np
-
-    reps = -(-n // len(x))
-    return np.ascontiguousarray(np.concatenate([x] * reps)[:n]) if reps > 1 else np.ascontiguousarray(x[:n])

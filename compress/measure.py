@@ -1,0 +1,229 @@
+"""The measurement service: the one path from an artifact to numbers.
+
+export (torch -> ONNX, cached) -> open in the target runtime -> evaluate (outputs, accuracy, fidelity)
+-> time (interleaved, the one timing loop). The runner measures every pipeline record through it, and
+stages reach the same service as ``ctx.measure`` to measure their candidates (a pruning step, a search
+candidate), so a candidate is measured exactly like a record, and every result is cached by content.
+No other module opens a runtime session to measure.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from compress.artifact import ONNX, Artifact, save_onnx
+from compress.cache import Cache, cache_key
+from compress.errors import CompressError, StageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from compress.data import Dataset
+    from compress.runtimes.timing import LatencyStats, TimingPolicy
+
+
+class Measure:
+    """Cached measurement of artifacts on the pipeline's targets (see the module docstring).
+
+    ``targets`` are target configs (``name``, ``runtime``, ``batch_size``, ``timing``, runtime options);
+    ``evaluation`` the pipeline's ``evaluation:`` config; ``info``/``progress`` report to the user.
+    """
+
+    def __init__(self, cache: Cache, *, targets: Sequence[Any], dataset: "Dataset", export: Any,
+                 evaluation: Any, base_dir: Path, remeasure: bool = False,
+                 info: Callable[[str], None] | None = None, progress: Callable[[str, int], Any] | None = None):
+        from compress.context import null_progress
+
+        self.cache, self.targets, self.dataset = cache, list(targets), dataset
+        self.export_cfg, self.evaluation, self.base_dir = export, evaluation, base_dir
+        self.remeasure = remeasure
+        self._info = info or (lambda m: None)
+        self._progress = progress or null_progress
+        self._outputs: dict[tuple[str, str], "np.ndarray"] = {}  # in-process memo: (onnx hash, target key)
+        self.last_latency_cached = False  # whether the last latency() call came from the cache
+
+    # -- targets ----------------------------------------------------------------------------------
+    def target(self, name: str | Any | None = None) -> Any:
+        """The target config called ``name`` (``None``: the first target; a config passes through)."""
+        if name is None:
+            return self.targets[0]
+        if not isinstance(name, str):
+            return name
+        for t in self.targets:
+            if t.name == name:
+                return t
+        raise CompressError(f"unknown target '{name}'", hint=f"targets: {', '.join(t.name for t in self.targets)}")
+
+    # -- artifacts ----------------------------------------------------------------------------------
+    def deployable(self, art: Artifact) -> Artifact:
+        """The ONNX artifact that is measured and shipped: ``art`` itself, or its cached export."""
+        if art.format == "onnx":
+            return art
+        key = cache_key(step="export", input=art.hash, export=self.export_cfg.model_dump(mode="json"))
+        hit = self.cache.get_artifact(key)
+        if hit is not None:
+            return hit
+
+        def build(wd: Path) -> Artifact:
+            from compress.artifact import build_module
+            from compress.export import export_onnx
+
+            model = build_module(art, self.base_dir)
+            export_onnx(model, art.input_shape, wd / ONNX, self.export_cfg, art.input_name)
+            return save_onnx(wd / ONNX, wd, like=art, producer=f"{art.producer}:export", precision=art.precision)
+
+        return self.cache.build_artifact(key, build)
+
+    def facts(self, art: Artifact) -> dict[str, Any]:
+        """Params, MACs (torch artifacts), sparsity, op histogram and per-layer weight precision (cached)."""
+        dep = self.deployable(art)
+        key = cache_key(step="facts", input=art.hash, onnx=dep.hash)
+        facts = self.cache.get_json(key)
+        if facts is None:
+            from compress.facts import onnx_facts, torch_facts
+
+            facts = onnx_facts(dep.path("onnx"))
+            if art.format == "torch":
+                from compress.artifact import build_module
+
+                facts.update(torch_facts(build_module(art, self.base_dir), art.input_shape))
+            self.cache.put_json(key, facts)
+        return facts
+
+    # -- quality ------------------------------------------------------------------------------------
+    def _target_key(self, target: Any) -> dict[str, Any]:
+        return target.model_dump(mode="json", exclude={"timing", "batch_size", "name"})
+
+    def run_outputs(self, art: Artifact, target: str | Any | None = None) -> tuple["np.ndarray", dict[str, Any]]:
+        """(outputs on the evaluation split, run info) of ``art`` in the target runtime (cached)."""
+        import numpy as np
+
+        from compress.evaluation import run_outputs
+        from compress.runtimes import get_runtime
+
+        target = self.target(target)
+        dep = self.deployable(art)
+        ev = self.evaluation
+        key = cache_key(step="evaluate", onnx=dep.hash, target=self._target_key(target),
+                        eval=ev.model_dump(mode="json"), data=self.dataset.fingerprint)
+        memo = (dep.hash, key)
+        hit = None if self.remeasure else self.cache.get_json(key)
+        out_path = self.cache.root / "results" / f"{key}.npy"
+        if memo in self._outputs and hit is not None:
+            return self._outputs[memo], hit
+        if hit is not None and out_path.is_file():
+            outputs = np.load(out_path)
+            self._outputs[memo] = outputs
+            return outputs, hit
+        runtime = get_runtime(target.runtime)
+        try:
+            with runtime.open(dep.path("onnx"), target) as sess:
+                outputs = run_outputs(sess, self.dataset, ev.split, ev.batch_size, ev.max_samples,
+                                      _fixed_batch(sess))
+                info = sess.info
+            ops = runtime.optimized_op_counts(dep.path("onnx"), target)
+        except CompressError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a model the runtime cannot run: one line
+            raise StageError(f"artifact {art.hash[:12]} ({art.producer}) does not run on target '{target.name}': "
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        result = {"session": info, "optimized_ops": ops}
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out_path, outputs)
+        self.cache.put_json(key, result)
+        self._outputs[memo] = outputs
+        return outputs, result
+
+    def outputs(self, art: Artifact, target: str | Any | None = None) -> "np.ndarray":
+        """The artifact's outputs on the evaluation split, run in the target runtime (cached)."""
+        return self.run_outputs(art, target)[0]
+
+    def labels(self) -> "np.ndarray | None":
+        ev = self.evaluation
+        _, labels = self.dataset.split(ev.split)
+        if labels is not None and ev.max_samples:
+            labels = labels[: ev.max_samples]
+        return labels
+
+    def evaluate(self, arts: Sequence[Artifact], target: str | Any | None = None,
+                 reference: Artifact | None = None) -> list[dict[str, Any]]:
+        """Per artifact: accuracy (with labels), agreement and cosine vs ``reference``, sample count,
+        the session's info and the runtime's optimized op histogram."""
+        from compress.evaluation import score
+
+        ref = self.outputs(reference, target) if reference is not None else None
+        labels = self.labels()
+        results = []
+        for art in arts:
+            outputs, info = self.run_outputs(art, target)
+            same = reference is not None and art.hash == reference.hash  # the reference itself: no fidelity
+            results.append({**score(outputs, labels, None if same else ref), "session": info["session"],
+                            "optimized_ops": info["optimized_ops"]})
+        return results
+
+    # -- speed --------------------------------------------------------------------------------------
+    def latency(self, arts: Sequence[Artifact], target: str | Any | None = None,
+                policy: "TimingPolicy | None" = None, label: str | None = None,
+                names: Sequence[str] | None = None,
+                until: Callable[[dict[str, "LatencyStats"]], bool] | None = None) -> list["LatencyStats"]:
+        """Time all ``arts`` interleaved in one process on ``target`` (the one timing loop); cached on
+        the artifacts' hashes, the target and the policy.
+
+        ``until`` (statistics keyed by ``names``, default "0", "1", ...) extends the measurement round by
+        round until it answers True (e.g. a gate's confidence interval is decided); a cached result
+        that does not satisfy it is measured again."""
+        from compress.runtimes import get_runtime, measure_interleaved
+        from compress.runtimes.timing import LatencyStats
+
+        target = self.target(target)
+        policy = policy or target.timing
+        deps = [self.deployable(a) for a in arts]
+        key = cache_key(step="latency", onnx=[d.hash for d in deps],
+                        target=target.model_dump(mode="json", exclude={"timing"}),
+                        timing=policy.model_dump(mode="json"))
+        keys = list(names) if names is not None else [str(i) for i in range(len(deps))]
+        cached = None if self.remeasure else self.cache.get_json(key)
+        if cached is not None and len(cached) == len(deps):
+            stats = [LatencyStats.model_validate(s) for s in cached]
+            if until is None or until(dict(zip(keys, stats))):
+                self.last_latency_cached = True
+                return stats
+        self.last_latency_cached = False
+        runtime = get_runtime(target.runtime)
+        x, _ = self.dataset.split(self.evaluation.split)
+        sessions, runners = [], {}
+        try:
+            for i, dep in enumerate(deps):
+                sess = runtime.open(dep.path("onnx"), target)
+                sessions.append(sess)
+                runners[keys[i]] = sess.runner(_batch(x, _fixed_batch(sess) or target.batch_size))
+            desc = label or f"timing {len(runners)} artifact(s) on {target.name} (interleaved)"
+            with self._progress(desc, 1000) as bar:
+                stats = measure_interleaved(runners, policy, progress=lambda f: bar.set(f * 1000)
+                                            if hasattr(bar, "set") else None, until=until)
+        finally:
+            for s in sessions:
+                s.close()
+        out = [stats[k] for k in keys]
+        self.cache.put_json(key, [s.model_dump(mode="json") for s in out])
+        return out
+
+    @staticmethod
+    def speedup(reference: "LatencyStats", other: "LatencyStats") -> float:
+        """Paired per-round median ratio when both were timed in the same rounds, else ratio of p50s."""
+        from compress.runtimes.timing import paired_speedup
+
+        paired = paired_speedup(reference, other)
+        return paired if paired is not None else reference.p50_ms / other.p50_ms
+
+
+def _fixed_batch(sess) -> int | None:
+    shape = sess.info.get("input_shape") or []
+    return shape[0] if shape and isinstance(shape[0], int) else None
+
+
+def _batch(x, n: int):
+    import numpy as np
+
+    reps = -(-n // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:n]) if reps > 1 else np.ascontiguousarray(x[:n])
