@@ -19,6 +19,22 @@ FLOAT_COMPUTE_OPS = frozenset({
 })
 
 
+#: integer op types that do a layer's main compute (a Conv/MatMul/Gemm that really runs in integer)
+INTEGER_COMPUTE_OPS = frozenset({
+    "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "QAttention", "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat", "NhwcQLinearConv", "QLinearConvTranspose", "MatMulNBits",
+})
+
+
+def compute_layers(op_counts: dict[str, int]) -> tuple[int, int]:
+    """(compute layers running integer kernels, compute layers running in float) of an op histogram
+    of a runtime's *optimized* graph: what executes, not what a quantizer annotated. Weight-only
+    ``MatMulNBits`` counts as integer (its weights are; its activations are not)."""
+    ints = sum(v for k, v in op_counts.items() if k in INTEGER_COMPUTE_OPS)
+    floats = sum(v for k, v in op_counts.items() if k in FLOAT_COMPUTE_OPS)
+    return ints, floats
+
+
 def _check_target():
     """A target-like object for the check: ORT CPU, 1 thread, graph optimization 'all'."""
     from types import SimpleNamespace

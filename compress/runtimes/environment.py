@@ -13,7 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fingerprint", "FLAGS_OF_INTEREST", "PACKAGES", "THREAD_ENV_VARS"]
+__all__ = ["fingerprint", "int8_reduce_range", "FLAGS_OF_INTEREST", "PACKAGES", "THREAD_ENV_VARS"]
 
 #: ISA extensions that change which kernels (and so which speed-ups) a runtime can use
 FLAGS_OF_INTEREST = (
@@ -96,6 +96,27 @@ def _cpu() -> dict[str, Any]:
         "amx": any(f.startswith("amx") for f in present),
         "vnni": any(f in ("avx512_vnni", "avx_vnni") for f in present),
     }
+
+
+def int8_reduce_range(setting: bool | str = "auto") -> tuple[bool, str]:
+    """Whether INT8 weights should use the reduced (7-bit) range on this CPU, and why.
+
+    ``setting`` is a stage's ``reduce_range``: ``True``/``False`` are taken as given; ``"auto"`` follows
+    ONNX Runtime's own guidance (``onnxruntime.quantization.quantize_static`` docstring): on x86 without
+    VNNI, U8S8 products can saturate the 16-bit intermediate of the AVX2 kernels, so weights are
+    quantized to 7 bits there; with VNNI (or AMX), or off x86, the full range is used."""
+    if setting != "auto":
+        return bool(setting), f"reduce_range: {str(bool(setting)).lower()} (set in the pipeline)"
+    cpu = _cpu()
+    machine = platform.machine().lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False, f"reduce_range auto -> false: {machine} CPU (the U8S8 saturation issue is x86-only)"
+    flags = ", ".join(cpu["cpu_flags"]) or "none of interest"
+    if cpu["vnni"] or cpu["amx"]:
+        return False, f"reduce_range auto -> false: this x86 CPU has VNNI/AMX ({flags}): 8-bit products do not saturate"
+    return True, (f"reduce_range auto -> true: this x86 CPU has no VNNI (flags: {flags}); ONNX Runtime documents "
+                  f"that U8S8 can saturate there, so weights use 7 bits (set reduce_range: false to "
+                  f"override)")
 
 
 def _usable_cores() -> int | None:

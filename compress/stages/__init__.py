@@ -14,6 +14,7 @@ BUILTIN: dict[str, str] = {
     "transform.fold_bn": "compress.stages.fold_bn:FoldBatchNorm",
     "export.onnx": "compress.stages.export_onnx:ExportOnnx",
     "quantize.ptq": "compress.stages.quantize_ptq:QuantizePTQ",
+    "quantize.dynamic": "compress.stages.quantize_dynamic:QuantizeDynamic",
     "quantize.qat": "compress.stages.quantize_qat:QuantizeQAT",
     "quantize.weights": "compress.stages.quantize_weights:QuantizeWeights",
 }
