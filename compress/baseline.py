@@ -134,6 +134,8 @@ def build_baseline(loaded: "LoadedConfig", dataset: "Dataset", work_dir: Path,
         facts["training"] = hist
         log(f"trained baseline: {hist['steps']} steps in {hist['seconds']} s"
             + (f", eval accuracy {hist['eval_accuracy_torch']}% (torch)" if "eval_accuracy_torch" in hist else ""))
+    elif m.callable:  # the user's builder may load its own pretrained weights: not ours to call random
+        facts["weights"] = f"as built by {m.callable}"
     else:
         facts["random_weights"] = True
     if m.recalibrate_bn:

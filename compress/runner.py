@@ -25,8 +25,6 @@ from compress.measure import Measure
 from compress.report.model import ArtifactInfo, Measurement, Report, StageRecord
 from compress.ui import UI
 
-SLOWER = 0.95  # a stage whose output runs below 0.95x the speed of its input is reported as slower
-LESS_ACCURATE = 0.5  # percentage points lost vs the stage's input that trigger a warning
 
 
 class Runner:
@@ -56,6 +54,16 @@ class Runner:
                                remeasure=self.remeasure, info=self.ui.info, progress=self.ui.progress)
         self.ui.info(f"data: {ds.source_desc}, {', '.join(f'{k} {len(v)}' for k, v in ds.splits.items())} "
                      f"(fingerprint {ds.fingerprint[:12]})")
+        rng = ds.input_range()
+        self.ui.info(f"data: inputs the model sees range [{rng['min']:.4g}, {rng['max']:.4g}] (mean {rng['mean']:.3g}, "
+                     f"std {rng['std']:.3g}); data.normalize: {self.cfg.data.normalize}")
+        from compress.stages import get_stage as _stage_cls
+
+        calibrates = not self.cfg.calibration.path and any(
+            _stage_cls(s.type).uses_calibration for s in self.cfg.stages)
+        for w in ds.split_warnings(calibrates=calibrates):
+            self.ui.warn(w)
+            self._warn(w)
 
         records: list[StageRecord] = []
         # baseline
@@ -184,13 +192,15 @@ class Runner:
 
     # ---------------------------------------------------------------------------------------------
     def _evaluate_all(self, target, records: list[StageRecord]) -> None:
-        from compress.evaluation import FIDELITY
+        from compress.evaluation import FIDELITY, fidelity
 
         arts = [self._artifacts[r.name] for r in records]
         results = self.measure.evaluate(arts, target, reference=arts[0])
-        for rec, res in zip(records, results):
+        outputs = [self.measure.outputs(a, target) for a in arts]  # cached: fidelity vs each stage's input
+        for i, (rec, res) in enumerate(zip(records, results)):
             rec.measurements[target.name] = Measurement(
                 target=target.name, accuracy=res["accuracy"], **{k: res.get(k) for k in FIDELITY},
+                vs_input=fidelity(outputs[i], outputs[i - 1]) if i else {},
                 n_eval=res["n"], session=res["session"], optimized_ops=res["optimized_ops"])
 
     def _time_all(self, target, records: list[StageRecord]) -> None:
@@ -212,6 +222,7 @@ class Runner:
 
     def _compare(self, records: list[StageRecord]) -> None:
         """Speed-ups vs baseline and vs each stage's input; loud warnings when a stage made things worse."""
+        reg = self.cfg.regression
         for t in self.cfg.targets:
             base = records[0].measurements[t.name]
             prev = base
@@ -222,20 +233,22 @@ class Runner:
                     m.speedup_vs_previous = round(Measure.speedup(prev.latency, m.latency), 4)
                     m.speedup_ci, m.speedup_rounds = _speedup_ci(base.latency, m.latency)
                 if rec is not records[0]:
-                    if m.speedup_vs_previous is not None and m.speedup_vs_previous < SLOWER:
+                    self._check_fidelity(rec, t.name, m, prev)
+                    if m.speedup_vs_previous is not None and m.speedup_vs_previous < reg.min_speedup:
                         msg = (f"stage '{rec.name}' made the model SLOWER on {t.name}: p50 "
                                f"{prev.latency.p50_ms:.3f} -> {m.latency.p50_ms:.3f} ms "
                                f"({m.speedup_vs_previous:.2f}x of its input)")
                         rec.warnings.append(msg)
                         self._warn(msg)
-                        self._regression(rec.name, t.name, "speedup_vs_input", ">=", SLOWER, m.speedup_vs_previous, msg)
+                        self._regression(rec.name, t.name, "speedup_vs_input", ">=", reg.min_speedup,
+                                         m.speedup_vs_previous, msg)
                     if m.accuracy is not None and prev.accuracy is not None and \
-                            prev.accuracy - m.accuracy > LESS_ACCURATE:
+                            prev.accuracy - m.accuracy > reg.max_accuracy_drop:
                         msg = (f"stage '{rec.name}' made the model LESS ACCURATE on {t.name}: "
                                f"{prev.accuracy:.2f}% -> {m.accuracy:.2f}% ({m.accuracy - prev.accuracy:+.2f} points)")
                         rec.warnings.append(msg)
                         self._warn(msg)
-                        self._regression(rec.name, t.name, "accuracy_drop_vs_input", "<=", LESS_ACCURATE,
+                        self._regression(rec.name, t.name, "accuracy_drop_vs_input", "<=", reg.max_accuracy_drop,
                                          round(prev.accuracy - m.accuracy, 4), msg)
                 if m.latency and m.latency.unstable:
                     msg = (f"latency of '{rec.name}' on {t.name} is unstable (robust CV {m.latency.robust_cv:.2f} > "
@@ -244,6 +257,39 @@ class Runner:
                     rec.warnings.append(msg)
                     self._warn(msg)
                 prev = m
+
+    def _check_fidelity(self, rec: StageRecord, target: str, m: Measurement, prev: Measurement) -> None:
+        """Loud when a stage is unfaithful to its input (top-1 agreement or output cosine below the
+        ``regression:`` thresholds) or when its quantized output runs mostly as float kernels.
+
+        Fidelity is checked for every stage on unlabelled data; with labels, only for stages that do not
+        train (quantizers, folding, export), whose job is to keep the function: a stage that fine-tunes
+        is judged by its labelled accuracy."""
+        from compress.kernels import compute_layers
+        from compress.stages import get_stage
+
+        reg, v = self.cfg.regression, m.vs_input
+        trains = get_stage(rec.type).trains
+        if v and not (m.accuracy is not None and trains):
+            checks = [("agreement", reg.min_agreement, "top-1 agreement", "{:.2f}%"),
+                      ("cosine", reg.min_cosine, "output cosine", "{:.4f}")]
+            for key, threshold, what, fmt in checks:
+                value = v.get(key)
+                if value is not None and value < threshold:
+                    msg = (f"stage '{rec.name}' is UNFAITHFUL to its input on {target}: {what} "
+                           f"{fmt.format(value)} < {fmt.format(threshold)} (regression.min_{key}) on {m.n_eval} "
+                           f"samples; its outputs no longer match what it was given")
+                    rec.warnings.append(msg)
+                    self._warn(msg)
+                    self._regression(rec.name, target, f"{key}_vs_input", ">=", threshold, value, msg)
+        if rec.artifact.precision != "float32" and m.optimized_ops:
+            ints, floats = compute_layers(m.optimized_ops)
+            if floats > ints:
+                msg = (f"stage '{rec.name}' runs MOSTLY IN FLOAT on {target}: only {ints} of {ints + floats} compute "
+                       f"layers execute as integer kernels in the runtime's optimized graph, whatever the quantizer "
+                       f"annotated")
+                rec.warnings.append(msg)
+                self._warn(msg)
 
     def _write(self, report: Report) -> None:
         from compress.report.markdown import render_markdown

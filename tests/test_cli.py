@@ -191,3 +191,23 @@ def test_regression_warns_loudly_and_can_fail_the_run(tmp_path, tiny_yaml, monke
     assert r.exit_code == 1 and "GATE FAILED" in r.output
     gates = report(tmp_path)["gates"]
     assert gates and gates[0]["metric"] == "accuracy_drop_vs_input" and not gates[0]["passed"]
+
+
+def test_unfaithful_quantizer_warns_loudly_and_fails_with_on_regression_fail(tmp_path, tiny_yaml):
+    """A deliberately broken quantizer setting (activation ranges clipped at the 51st percentile) drops the
+    output cosine vs the stage's input below regression.min_cosine: loud warning, exit 1 with fail."""
+    broken = [{"name": "int8", "type": "quantize.ptq",
+               "config": {"calibration_method": "percentile", "percentile": 51}}]
+    r = run("run", str(tiny_yaml(stages=broken)))
+    assert r.exit_code == 0 and "UNFAITHFUL" in r.output and "output cosine" in r.output, r.output
+    m = report(tmp_path)["stages"][0]["measurements"]["ort"]
+    assert m["vs_input"]["cosine"] < 0.99 and m["cosine"] == m["vs_input"]["cosine"]  # its input is the baseline
+    assert "agree %" in (tmp_path / "run" / "report.md").read_text()
+    r = run("run", str(tiny_yaml(stages=broken, on_regression="fail")))
+    assert r.exit_code == 1 and "GATE FAILED" in r.output
+    gates = {g["metric"]: g for g in report(tmp_path)["gates"]}
+    assert not gates["cosine_vs_input"]["passed"] and gates["cosine_vs_input"]["threshold"] == 0.99
+    # the same stage with sane settings is faithful: no fidelity warning (INT8 on a model this tiny is
+    # slower than float, which is reported separately)
+    r = run("run", str(tiny_yaml(stages=[{"name": "int8", "type": "quantize.ptq"}])))
+    assert r.exit_code == 0 and "UNFAITHFUL" not in r.output, r.output

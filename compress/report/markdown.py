@@ -17,8 +17,34 @@ def _human(n: float | None) -> str:
     return f"{n:.0f}"
 
 
-COLUMNS = ["stage", "type", "target", "accuracy %", "Δ acc", "p50 ms", "p90 ms", "speed-up", "size", "params", "MACs",
-           "precision", "cached"]
+COLUMNS = ["stage", "type", "target", "accuracy %", "Δ acc", "agree %", "cosine", "p50 ms", "p90 ms", "speed-up",
+           "size", "params", "MACs", "precision", "cached"]
+
+
+def precision_cell(rec, m) -> str:
+    """The artifact's precision and, for a quantized one, how many compute layers the *runtime* executes
+    as integer kernels (``mixed 12/49``), from its optimized graph; ``⚠`` when most run in float."""
+    from compress.kernels import compute_layers
+
+    cell = rec.artifact.precision
+    if rec.artifact.precision != "float32" and m.optimized_ops:
+        ints, floats = compute_layers(m.optimized_ops)
+        cell += f" {ints}/{ints + floats}" + (" ⚠" if floats > ints else "")
+    return cell
+
+
+def fidelity_line(m) -> str:
+    """``top-1 97.2%, top-5 99.8%, cosine 0.995 (worst 1% 0.970), rel. error 0.081`` (vs the baseline)."""
+    parts = []
+    if m.agreement is not None:
+        parts.append(f"top-1 agreement {m.agreement:.1f}%")
+    if m.agreement_top5 is not None:
+        parts.append(f"top-5 {m.agreement_top5:.1f}%")
+    if m.cosine is not None:
+        parts.append(f"cosine {m.cosine:.4f}" + (f" (worst 1% {m.cosine_p1:.4f})" if m.cosine_p1 is not None else ""))
+    if m.relative_error is not None:
+        parts.append(f"rel. error {m.relative_error:.3g}")
+    return ", ".join(parts)
 
 
 def speedup_cell(m) -> str:
@@ -51,11 +77,12 @@ def rows(report: Report) -> list[list[str]]:
             drop = (m.accuracy - b.accuracy) if (m.accuracy is not None and b and b.accuracy is not None) else None
             lat = m.latency
             out.append([
-                rec.name, rec.type, t, _fmt(m.accuracy), _fmt(drop, "+.2f"),
+                rec.name, rec.type, t, _fmt(m.accuracy), _fmt(drop, "+.2f"), _fmt(m.agreement, ".1f"),
+                _fmt(m.cosine, ".4f"),
                 _fmt(lat.p50_ms if lat else None, ".3f") + (" ⚠" if lat and lat.unstable else ""),
                 _fmt(lat.p90_ms if lat else None, ".3f"), speedup_cell(m),
                 f"{rec.artifact.size_bytes / 1e6:.2f} MB", _human(rec.artifact.params), _human(rec.artifact.macs),
-                rec.artifact.precision, "yes" if rec.cache_hit else "no",
+                precision_cell(rec, m), "yes" if rec.cache_hit else "no",
             ])
     return out
 
@@ -92,6 +119,8 @@ def stage_details(report: Report) -> list[str]:
         if hist:
             parts.append("layers: " + ", ".join(f"{k} ×{v}" for k, v in sorted(hist.items())))
         for t, m in rec.measurements.items():
+            if rec is not report.baseline and (fid := fidelity_line(m)):
+                parts.append(f"{t} fidelity vs baseline: {fid}")
             if m.optimized_ops:
                 top = sorted(m.optimized_ops.items(), key=lambda kv: -kv[1])[:6]
                 parts.append(f"{t} runs: " + ", ".join(f"{k} ×{v}" for k, v in top))
@@ -106,7 +135,11 @@ def render_markdown(report: Report) -> str:
     env = report.environment
     lines.append(f"Data: {report.data.get('source', '?')} (fingerprint `{str(report.data.get('fingerprint', ''))[:12]}`). "
                  f"CPU: {env.get('cpu_model', '?')}. Latency measured interleaved, batch "
-                 f"{report.targets[0]['batch_size'] if report.targets else '?'}; speed-up = baseline time / stage time, median over interleaved rounds.")
+                 f"{report.targets[0]['batch_size'] if report.targets else '?'}; speed-up = baseline time / stage time, median over interleaved rounds. "
+                 f"agree % / cosine: top-1 agreement and mean output cosine vs the baseline on the same samples; "
+                 f"precision N/M: compute layers the runtime executes as integer kernels (its optimized graph)."
+                 + (f" Input range [{r['min']:.3g}, {r['max']:.3g}] (mean {r['mean']:.3g}, std {r['std']:.3g})."
+                    if (r := report.data.get("input_range")) else ""))
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
     lines += ["", "<details><summary>Stage details (per-layer precision, runtime kernels, stage facts)</summary>", ""]
