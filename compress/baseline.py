@@ -27,18 +27,34 @@ def recipe(loaded: "LoadedConfig") -> dict[str, Any]:
     return {"callable": zoo.ZOO[m.zoo] if m.zoo else m.callable, "kwargs": dict(m.kwargs)}
 
 
-def _instantiate(loaded: "LoadedConfig", rec: dict[str, Any]) -> "torch.nn.Module":
-    import torch
-
+def import_builder(loaded: "LoadedConfig", rec: dict[str, Any]) -> Callable[..., Any]:
+    """Import the model's ``module:callable`` (ConfigError naming model.callable when it does not import)."""
     where = loaded.where("model", "zoo" if loaded.config.model.zoo else "callable")
     try:
         fn = import_callable(rec["callable"], loaded.base_dir)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"{where} model.callable: cannot import '{rec['callable']}': {type(e).__name__}: {e}",
+    except Exception as e:  # noqa: BLE001 - ImportError, AttributeError, or the module raised while importing
+        raise ConfigError(f"{where} model.callable: cannot import '{rec['callable']}': {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}",
                           hint=f"the module must be importable from {loaded.base_dir} or installed") from e
+    if not callable(fn):
+        raise ConfigError(f"{where} model.callable: '{rec['callable']}' is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def _instantiate(loaded: "LoadedConfig", rec: dict[str, Any], meta: bool = False) -> "torch.nn.Module":
+    """Build the model (``meta``: on the meta device, shapes only and no memory, for checks)."""
+    import contextlib
+
+    import torch
+
+    where = loaded.where("model", "zoo" if loaded.config.model.zoo else "callable")
+    fn = import_builder(loaded, rec)
     try:
-        model = fn(**rec["kwargs"])
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            model = fn(**rec["kwargs"])
     except Exception as e:  # noqa: BLE001 - the user's builder raised: say so in one line
+        if meta:  # a builder that needs real tensors (e.g. numpy init): build it for real
+            return _instantiate(loaded, rec)
         raise ConfigError(f"{where} model: '{rec['callable']}' raised {type(e).__name__}: {e}",
                           hint="check model.kwargs") from e
     if not isinstance(model, torch.nn.Module):
@@ -46,7 +62,10 @@ def _instantiate(loaded: "LoadedConfig", rec: dict[str, Any]) -> "torch.nn.Modul
     return model.eval()
 
 
-def load_weights(model: "torch.nn.Module", path: Path, where: str) -> None:
+def read_state(path: Path, where: str) -> dict[str, Any]:
+    """A state dict from ``.safetensors`` or a ``torch.save`` file, never unpickling arbitrary objects."""
+    import pickle
+
     import torch
 
     try:
@@ -56,15 +75,29 @@ def load_weights(model: "torch.nn.Module", path: Path, where: str) -> None:
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"{where} model.weights: cannot read '{path}': {str(e).splitlines()[0]}",
-                          hint="give a state dict saved with torch.save(model.state_dict()) or a .safetensors file"
-                          ) from e
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():  # torch refused a pickled object: never advise weights_only=False
+            raise ConfigError(f"{where} model.weights: '{path}' holds pickled Python objects besides tensors, "
+                              f"which compress never unpickles (that could run arbitrary code)",
+                              hint="save only the state dict: torch.save(model.state_dict(), path), or use "
+                              "a .safetensors file") from None
+        raise ConfigError(f"{where} model.weights: '{path}' is not a torch checkpoint (not a pickle or zip file)",
+                          hint="give a state dict saved with torch.save(model.state_dict()) or a .safetensors "
+                          "file") from None
+    except Exception as e:  # noqa: BLE001 - corrupt, truncated or foreign files
+        raise ConfigError(f"{where} model.weights: cannot read '{path}': {type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+                          hint="give a state dict saved with torch.save(model.state_dict()) or a .safetensors "
+                          "file") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ConfigError(f"{where} model.weights: '{path}' holds a {type(state).__name__}, not a state dict")
-    own = model.state_dict()
+    return state
+
+
+def check_state(own: dict[str, Any], state: dict[str, Any], path: Path, where: str) -> None:
+    """Raise a ConfigError when ``state`` (a state dict) does not fit ``own`` (the model's state dict)."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     bad = [k for k, v in state.items() if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
@@ -79,6 +112,11 @@ def load_weights(model: "torch.nn.Module", path: Path, where: str) -> None:
                          f"{tuple(own[bad[0]].shape)})")
         raise ConfigError(f"{where} model.weights: '{path.name}' does not match the model: {'; '.join(parts)}",
                           hint="check model.kwargs (e.g. num_classes) or the weights file")
+
+
+def load_weights(model: "torch.nn.Module", path: Path, where: str) -> None:
+    state = read_state(path, where)
+    check_state(model.state_dict(), state, path, where)
     model.load_state_dict(state, strict=True)
 
 

@@ -38,18 +38,22 @@ def main() -> None:
       compress report runs/x/report.json         render a report again (Markdown or table)
       compress schema                            JSON Schema of the pipeline format
       compress stages                            list stage types and zoo models
+      compress cache verify | gc                 check the cache, trim it
     """
 
 
 @main.command()
 @click.argument("pipeline", type=click.Path(dir_okay=False))
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings, errors and the result table.")
-@click.option("-v", "--verbose", is_flag=True, help="More detail, and tracebacks on errors.")
+@click.option("-v", "--verbose", is_flag=True, help="More detail, tracebacks on errors, and the wide table.")
+@click.option("-w", "--wide", is_flag=True, help="Every column of the result table (default: those that fit 80 "
+              "columns; report.md always has all).")
 @click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), help="Run folder (default: output.dir "
               "or runs/<pipeline name>).")
 @click.option("--no-cache", is_flag=True, help="Recompute every stage (the cache is still written).")
 @click.option("--remeasure", is_flag=True, help="Re-time and re-evaluate even when results are cached.")
-def run(pipeline: str, quiet: bool, verbose: bool, output_dir: str | None, no_cache: bool, remeasure: bool) -> None:
+def run(pipeline: str, quiet: bool, verbose: bool, wide: bool, output_dir: str | None, no_cache: bool,
+        remeasure: bool) -> None:
     """Run PIPELINE: baseline, each stage in order, export, evaluate and time every artifact on every
     target, write the report and check the gates.
 
@@ -83,7 +87,7 @@ def run(pipeline: str, quiet: bool, verbose: bool, output_dir: str | None, no_ca
         return
     from compress.report.console import print_report
 
-    print_report(ui, report, runner.report_path)
+    print_report(ui, report, runner.report_path, wide=wide or verbose)
     sys.exit({"passed": 0, "gate_failed": 1, "unstable": 4}[report.status])
 
 
@@ -92,31 +96,41 @@ run.help = (run.help or "") + "\n\n" + EXIT_CODES  # type: ignore[operator]
 
 @main.command()
 @click.argument("pipeline", type=click.Path(dir_okay=False))
-def validate(pipeline: str) -> None:
-    """Check PIPELINE without loading a model: schema, stage chain, gates, paths (exit 2 on error)."""
+@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), help="Run folder to check "
+              "(default: output.dir or runs/<pipeline name>).")
+def validate(pipeline: str, output_dir: str | None) -> None:
+    """Check PIPELINE without training anything (exit 2 on error): schema, stage chain, gates and their
+    ranges, input files, output folders writable, the data (keys, shapes, dtypes, NaN, labels), the
+    model's callable, weights vs the model's shapes, an ONNX model. `compress run` does the same first."""
     from compress.errors import CompressError
     from compress.ui import UI
 
     ui = UI()
     try:
-        from compress.config import check_chain, check_paths, load_pipeline
+        from compress.config import check_chain, load_pipeline
+        from compress.preflight import preflight
 
         loaded = load_pipeline(pipeline)
-        check_paths(loaded)
         kinds = check_chain(loaded)
+        checked = preflight(loaded, output_dir)
     except CompressError as e:
         _fail(ui, e, False)
         return
+    for note in checked.notes:
+        ui.warn(note)
     cfg = loaded.config
+    ds = checked.dataset
     chain = " -> ".join(["model"] + [s.name for s in cfg.stages])
     click.echo(f"{pipeline}: ok ({len(cfg.stages)} stage(s): {chain}; final artifact {kinds[-1]}; "
-               f"{len(cfg.targets)} target(s); {len(cfg.gates)} gate(s))")
+               f"{len(cfg.targets)} target(s); {len(cfg.gates)} gate(s); data {len(ds.x)} samples"
+               f"{', labeled' if ds.y is not None else ', NO labels'})")
 
 
 @main.command()
 @click.argument("report_json", type=click.Path(exists=True, dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["md", "table"]), default="md", show_default=True)
-def report(report_json: str, fmt: str) -> None:
+@click.option("-w", "--wide", is_flag=True, help="Table: every column (default: the ones that fit 80 columns).")
+def report(report_json: str, fmt: str, wide: bool) -> None:
     """Render a report.json again (Markdown for a PR comment, or the terminal table); exit 1 if it failed a gate."""
     from pathlib import Path
 
@@ -127,16 +141,26 @@ def report(report_json: str, fmt: str) -> None:
     from compress.ui import UI
 
     try:
-        rep = Report.model_validate_json(Path(report_json).read_text())
+        text = Path(report_json).read_bytes().decode("utf-8")
+        rep = Report.model_validate_json(text)
+    except UnicodeDecodeError as e:
+        UI().error(f"{report_json}: not a compress report: not a text file (byte 0x{e.object[e.start]:02x} at "
+                   f"offset {e.start} is not UTF-8)")
+        sys.exit(2)
+    except OSError as e:
+        UI().error(f"{report_json}: cannot read it: {e.strerror or e}")
+        sys.exit(2)
     except ValidationError as e:
-        UI().error(f"{report_json}: not a compress report (schema version 1): {e.errors()[0]['msg']}")
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        UI().error(f"{report_json}: not a compress report (schema version 1): {field}: {err['msg']}")
         sys.exit(2)
     if fmt == "md":
         click.echo(render_markdown(rep), nl=False)
     else:
         from compress.report.console import print_report
 
-        print_report(UI(), rep, Path(report_json))
+        print_report(UI(), rep, Path(report_json), wide=wide)
     sys.exit(1 if rep.status == "gate_failed" else 0)
 
 
@@ -160,6 +184,67 @@ def stages() -> None:
         cls = get_stage(name)
         click.echo(f"{name:22s} {cls.summary}  [accepts {', '.join(cls.accepts)}]")
     click.echo("\nzoo models: " + ", ".join(zoo.names()))
+
+
+@main.group()
+def cache() -> None:
+    """Check and trim the cache (output.cache_dir, default .compress-cache)."""
+
+
+_cache_dir = click.option("--cache-dir", default=".compress-cache", show_default=True,
+                          type=click.Path(file_okay=False), help="The cache folder (a pipeline's output.cache_dir).")
+
+
+@cache.command("verify")
+@_cache_dir
+def cache_verify(cache_dir: str) -> None:
+    """Check every entry's sha256; remove (and name) the corrupt ones, which the next run recomputes."""
+    from pathlib import Path
+
+    from compress.cache import Cache
+    from compress.ui import UI
+
+    ui = UI()
+    if not Path(cache_dir).is_dir():
+        ui.error(f"--cache-dir: '{cache_dir}' is not a folder")
+        sys.exit(2)
+    ok, bad = Cache(Path(cache_dir), warn=ui.warn).verify()
+    click.echo(f"{cache_dir}: {ok} entr{'y' if ok == 1 else 'ies'} ok, {len(bad)} corrupt removed")
+
+
+def _parse_amount(text: str, units: dict[str, float], what: str) -> float:
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in units:
+        raise click.BadParameter(f"'{text}': give a number and one of {', '.join(u for u in units if u)} "
+                                 f"(e.g. 30d, 5GB)", param_hint=what)
+    return float(m.group(1)) * units[unit]
+
+
+@cache.command("gc")
+@_cache_dir
+@click.option("--max-age", default=None, help="Remove entries unused for longer than this (e.g. 30d, 12h).")
+@click.option("--max-size", default=None, help="Then remove the least recently used until the cache fits (e.g. "
+              "5GB, 500MB).")
+def cache_gc(cache_dir: str, max_age: str | None, max_size: str | None) -> None:
+    """Remove old entries, keep the cache under a size budget, and delete orphaned temp folders left by
+    killed runs. Entries another run is computing right now (locked) are kept."""
+    from pathlib import Path
+
+    from compress.cache import Cache
+
+    age = _parse_amount(max_age, {"d": 86400, "h": 3600, "m": 60, "s": 1, "": 86400}, "--max-age") \
+        if max_age else None
+    size = _parse_amount(max_size, {"gb": 1e9, "mb": 1e6, "kb": 1e3, "b": 1, "": 1e9}, "--max-size") \
+        if max_size else None
+    if not Path(cache_dir).is_dir():
+        click.echo(f"{cache_dir}: no cache here, nothing to do")
+        return
+    res = Cache(Path(cache_dir)).gc(max_age_s=age, max_bytes=int(size) if size is not None else None)
+    click.echo(f"{cache_dir}: removed {len(res.removed)} (freed {res.freed_bytes / 1e6:.1f} MB), kept {res.kept} "
+               f"entries ({res.kept_bytes / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":  # pragma: no cover

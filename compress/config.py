@@ -126,6 +126,19 @@ class EvaluationConfig(_Strict):
 GateMetric = Literal[metric_names()]  # the gate metric registry: compress/report/metrics.py
 
 
+_INF = float("inf")
+#: the values a gate threshold can take, per metric: (lowest, highest, what the metric is)
+GATE_RANGES: dict[str, tuple[float, float, str]] = {
+    "accuracy": (0, 100, "top-1 in percent"), "accuracy_drop": (-100, 100, "percentage points"),
+    "agreement": (0, 100, "percent"), "agreement_top5": (0, 100, "percent"),
+    "cosine": (-1, 1, "a cosine similarity"), "cosine_p1": (-1, 1, "a cosine similarity"),
+    "relative_error": (0, _INF, "a ratio"),
+    "latency_p50_ms": (0, _INF, "milliseconds"), "latency_p90_ms": (0, _INF, "milliseconds"),
+    "speedup": (0, _INF, "a ratio"), "size_mb": (0, _INF, "megabytes"), "size_ratio": (0, _INF, "a ratio"),
+    "params": (0, _INF, "a count"), "macs": (0, _INF, "a count"),
+}
+
+
 class GateConfig(_Strict):
     """A release gate: ``metric`` of ``stage`` on ``target`` must be ``<= max``, ``>= min`` or, for
     ``latency_p50``, regress at most ``max_regression_pct`` percent.
@@ -161,6 +174,11 @@ class GateConfig(_Strict):
         if self.against is not None and not METRICS[self.metric].relative:
             rel = ", ".join(m.name for m in METRICS.values() if m.relative)
             raise ValueError(f"against: compares relative metrics ({rel}), not '{self.metric}'")
+        if self.max is not None or self.min is not None:
+            lo, hi, unit = GATE_RANGES.get(self.metric, (-_INF, _INF, ""))
+            bound, value = ("max", self.max) if self.max is not None else ("min", self.min)
+            if not (lo <= value <= hi):
+                raise ValueError(f"{bound}: {value:g} is out of range for {self.metric} ({unit}: {lo:g} to {hi:g})")
         return self
 
 
@@ -262,11 +280,12 @@ def pipeline_model() -> type[BaseModel]:
             targets = {t.name for t in self.targets}
             for i, g in enumerate(self.gates):
                 if g.stage not in seen | {"baseline", "final"}:
-                    raise ValueError(f"gates[{i}].stage '{g.stage}' is not a stage name; use one of: "
+                    raise ValueError(f"gates[{i}].stage '{g.stage}' is not a stage name; "
+                                     f"{did_you_mean(g.stage, ['baseline', 'final', *seen])}use one of: "
                                      f"{', '.join(['baseline', 'final', *seen])}")
                 if g.target is not None and g.target not in targets:
-                    raise ValueError(f"gates[{i}].target '{g.target}' is not a target; use one of: "
-                                     f"{', '.join(sorted(targets))}")
+                    raise ValueError(f"gates[{i}].target '{g.target}' is not a target; "
+                                     f"{did_you_mean(g.target, targets)}use one of: {', '.join(sorted(targets))}")
             return self
 
     return PipelineConfig
@@ -302,6 +321,51 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(p for p in loc if not (isinstance(p, str) and (p in types or p.startswith("function-"))))
 
 
+def did_you_mean(word: str, choices: Any) -> str:
+    """``"did you mean 'x'? "`` for the closest of ``choices``, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def _keys_at(loc: tuple[Any, ...], data: Any) -> list[str]:
+    """The keys the pipeline schema allows at ``loc`` (a path into ``data``), for did-you-mean."""
+    import typing
+
+    def model_of(tp: Any, node: Any) -> Any:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            return model_of(typing.get_args(tp)[0], node)
+        if origin in (Union, getattr(__import__("types"), "UnionType", Union)):
+            options = [a for a in typing.get_args(tp) if a is not type(None)]
+            if isinstance(node, dict) and "type" in node:  # the stage union: pick by its discriminator
+                for a in options:
+                    field = getattr(a, "model_fields", {}).get("type")
+                    if field is not None and node["type"] in typing.get_args(field.annotation):
+                        return a
+            for a in options:
+                if isinstance(a, type) and issubclass(a, BaseModel):
+                    return a
+            return options[0] if options else None
+        return tp
+
+    tp: Any = pipeline_model()
+    node = data
+    for part in loc:
+        tp = model_of(tp, node)
+        if isinstance(part, int):
+            if typing.get_origin(tp) is not list or not isinstance(node, list) or part >= len(node):
+                return []
+            tp, node = typing.get_args(tp)[0], node[part]
+            continue
+        if not (isinstance(tp, type) and issubclass(tp, BaseModel)) or part not in tp.model_fields:
+            return []
+        tp, node = tp.model_fields[part].annotation, node.get(part) if isinstance(node, dict) else None
+    tp = model_of(tp, node)
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
 def _dotted(loc: tuple[Any, ...]) -> str:
     out = ""
     for p in loc:
@@ -313,7 +377,15 @@ def read_document(path: Path) -> tuple[Any, yaml.Node | None]:
     """Parse YAML (JSON is valid YAML) into data plus the node tree used for error locations."""
     if not path.is_file():
         raise ConfigError(f"{path}: pipeline file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte 0x{e.object[e.start]:02x} at offset {e.start} is not "
+                          f"UTF-8); a pipeline is a YAML or JSON file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the pipeline file: {e.strerror or e}") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text file (it contains NUL bytes); a pipeline is a YAML or JSON file")
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
@@ -375,7 +447,15 @@ def load_pipeline(path: str | Path) -> LoadedConfig:
                 where = f"{path}:{pos[0]}:{pos[1]}" if pos else str(path)
                 msg = err["msg"].removeprefix("Value error, ")
                 if err["type"] == "extra_forbidden":
-                    msg = f"unknown key '{loc[-1]}' (check the spelling; `compress schema` lists the keys)"
+                    known = _keys_at(loc[:-1], data)
+                    msg = f"unknown key '{loc[-1]}': {did_you_mean(str(loc[-1]), known)}" + (
+                        f"known keys: {', '.join(known)}" if known else "`compress schema` lists the keys")
+                elif err["type"] == "literal_error" and isinstance(err.get("input"), str):
+                    import re
+
+                    choices = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+                    msg = f"'{err['input']}' is not allowed: {did_you_mean(err['input'], choices)}use one of: " \
+                          f"{', '.join(choices)}"
                 problems.append(f"{where} {_dotted(loc)}: {msg}")
     if problems:
         raise ConfigError("\n".join(problems))

@@ -72,7 +72,7 @@ class Measure:
             export_onnx(model, art.input_shape, wd / ONNX, self.export_cfg, art.input_name)
             return save_onnx(wd / ONNX, wd, like=art, producer=f"{art.producer}:export", precision=art.precision)
 
-        return self.cache.build_artifact(key, build)
+        return self.cache.build_artifact(key, build, f"the ONNX export of {art.producer}")
 
     def facts(self, art: Artifact) -> dict[str, Any]:
         """Params, MACs (torch artifacts), sparsity, op histogram and per-layer weight precision (cached)."""
@@ -96,8 +96,6 @@ class Measure:
 
     def run_outputs(self, art: Artifact, target: str | Any | None = None) -> tuple["np.ndarray", dict[str, Any]]:
         """(outputs on the evaluation split, run info) of ``art`` in the target runtime (cached)."""
-        import numpy as np
-
         from compress.evaluation import run_outputs
         from compress.runtimes import get_runtime
 
@@ -108,29 +106,35 @@ class Measure:
                         eval=ev.model_dump(mode="json"), data=self.dataset.fingerprint)
         memo = (dep.hash, key)
         hit = None if self.remeasure else self.cache.get_json(key)
-        out_path = self.cache.root / "results" / f"{key}.npy"
         if memo in self._outputs and hit is not None:
             return self._outputs[memo], hit
-        if hit is not None and out_path.is_file():
-            outputs = np.load(out_path)
+        outputs = None if hit is None else self.cache.get_array(key)  # sha256-verified, like every entry
+        if hit is not None and outputs is not None:
             self._outputs[memo] = outputs
             return outputs, hit
-        runtime = get_runtime(target.runtime)
-        try:
-            with runtime.open(dep.path("onnx"), target) as sess:
-                outputs = run_outputs(sess, self.dataset, ev.split, ev.batch_size, ev.max_samples,
-                                      _fixed_batch(sess))
-                info = sess.info
-            ops = runtime.optimized_op_counts(dep.path("onnx"), target)
-        except CompressError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a model the runtime cannot run: one line
-            raise StageError(f"artifact {art.hash[:12]} ({art.producer}) does not run on target '{target.name}': "
-                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-        result = {"session": info, "optimized_ops": ops}
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(out_path, outputs)
-        self.cache.put_json(key, result)
+        with self.cache.lock(key, f"the evaluation of {art.producer} on {target.name}"):
+            if not self.remeasure:  # another run may have finished it while this one waited
+                hit = self.cache.get_json(key)
+                outputs = None if hit is None else self.cache.get_array(key)
+                if hit is not None and outputs is not None:
+                    self._outputs[memo] = outputs
+                    return outputs, hit
+            runtime = get_runtime(target.runtime)
+            try:
+                with runtime.open(dep.path("onnx"), target) as sess:
+                    outputs = run_outputs(sess, self.dataset, ev.split, ev.batch_size, ev.max_samples,
+                                          _fixed_batch(sess))
+                    info = sess.info
+                ops = runtime.optimized_op_counts(dep.path("onnx"), target)
+            except CompressError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a model the runtime cannot run: one line
+                raise StageError(f"artifact {art.hash[:12]} ({art.producer}) does not run on target "
+                                 f"'{target.name}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                                 ) from e
+            result = {"session": info, "optimized_ops": ops}
+            self.cache.put_array(key, outputs)
+            self.cache.put_json(key, result)
         self._outputs[memo] = outputs
         return outputs, result
 
@@ -172,7 +176,6 @@ class Measure:
         ``until`` (statistics keyed by ``names``, default "0", "1", ...) extends the measurement round by
         round until it answers True (e.g. a gate's confidence interval is decided); a cached result
         that does not satisfy it is measured again."""
-        from compress.runtimes import get_runtime, measure_interleaved
         from compress.runtimes.timing import LatencyStats
 
         target = self.target(target)
@@ -189,6 +192,19 @@ class Measure:
                 self.last_latency_cached = True
                 return stats
         self.last_latency_cached = False
+        with self.cache.lock(key, f"the timing on {target.name}"):  # concurrent runs time one at a time
+            return self._time(key, deps, keys, target, policy, label, until)
+
+    def _time(self, key, deps, keys, target, policy, label, until) -> list["LatencyStats"]:
+        from compress.runtimes import get_runtime, measure_interleaved
+        from compress.runtimes.timing import LatencyStats
+
+        cached = None if self.remeasure else self.cache.get_json(key)  # finished while this run waited?
+        if cached is not None and len(cached) == len(deps):
+            stats = [LatencyStats.model_validate(st) for st in cached]
+            if until is None or until(dict(zip(keys, stats))):
+                self.last_latency_cached = True
+                return stats
         runtime = get_runtime(target.runtime)
         x, _ = self.dataset.split(self.evaluation.split)
         sessions, runners = [], {}
@@ -202,10 +218,10 @@ class Measure:
                 stats = measure_interleaved(runners, policy, progress=lambda f: bar.set(f * 1000)
                                             if hasattr(bar, "set") else None, until=until)
         finally:
-            for s in sessions:
-                s.close()
+            for sess in sessions:
+                sess.close()
         out = [stats[k] for k in keys]
-        self.cache.put_json(key, [s.model_dump(mode="json") for s in out])
+        self.cache.put_json(key, [st.model_dump(mode="json") for st in out])
         return out
 
     @staticmethod

@@ -18,10 +18,11 @@ from typing import Any
 from compress import __version__
 from compress.artifact import Artifact
 from compress.cache import Cache, cache_key
-from compress.config import LoadedConfig, check_paths
+from compress.config import LoadedConfig
 from compress.context import StageContext
 from compress.errors import CompressError, StageError
 from compress.measure import Measure
+from compress.preflight import output_dir as output_dir_of
 from compress.report.model import ArtifactInfo, Measurement, Report, StageRecord
 from compress.ui import UI
 
@@ -32,9 +33,10 @@ class Runner:
                  remeasure: bool = False, output_dir: str | None = None):
         self.loaded, self.cfg = loaded, loaded.config
         self.ui = ui or UI(quiet=True)
-        self.cache = Cache(Path(self.cfg.output.cache_dir), enabled=use_cache)
+        self.cache = Cache(Path(self.cfg.output.cache_dir), enabled=use_cache, warn=self.ui.warn, info=self.ui.info)
         self.remeasure = remeasure
-        self.out_dir = Path(output_dir or self.cfg.output.dir or Path("runs") / loaded.name)
+        self._out_override = output_dir
+        self.out_dir = output_dir_of(loaded, output_dir)
         self.warnings: list[str] = []
         self.regressions: list[dict[str, Any]] = []  # stages that made a model slower / less accurate
         self._counts: dict[str, dict] = {}  # artifact hash -> {macs, params}, inherited by ONNX children
@@ -42,13 +44,16 @@ class Runner:
 
     # ---------------------------------------------------------------------------------------------
     def run(self) -> Report:
-        from compress.data import check_input_shape, load_dataset
+        from compress.preflight import preflight
         from compress.runtimes.environment import fingerprint
 
         started = time.monotonic()
-        check_paths(self.loaded)
-        self.dataset = ds = load_dataset(self.cfg.data, self.loaded.base_dir)
-        check_input_shape(ds, self.cfg.model.input_shape)
+        checked = preflight(self.loaded, self._out_override, create=True)  # everything that needs no training
+        self.dataset = ds = checked.dataset
+        for note in checked.notes:
+            self.ui.warn(note)
+        for orphan in self.cache.clean_tmp():
+            self.ui.detail(f"removed an orphaned cache temp folder (a killed run's): {orphan}")
         self.measure = Measure(self.cache, targets=self.cfg.targets, dataset=ds, export=self.cfg.export,
                                evaluation=self.cfg.evaluation, base_dir=self.loaded.base_dir,
                                remeasure=self.remeasure, info=self.ui.info, progress=self.ui.progress)
@@ -131,15 +136,12 @@ class Runner:
     def _cached_artifact(self, key: str, label: str, build, stage_type: str = "baseline"):
         t0 = time.monotonic()
         art = self.cache.get_artifact(key)
-        for c in self.cache.corrupt:
-            self.ui.warn(f"corrupt cache entry removed and recomputed: {c}")
-        self.cache.corrupt.clear()
         if art is not None:
             self.ui.info(f"[green]✓[/green] {label}: [dim]cached, not re-run[/dim]")
             return art, True, 0.0
         self.ui.info(f"[bold]▶[/bold] {label}")
         try:
-            art = self.cache.build_artifact(key, build)
+            art = self.cache.build_artifact(key, build, label)
         except CompressError as e:
             if label != "baseline" and not e.message.startswith(("stage", label.split()[0])):
                 e.message = f"stage '{label.split()[0]}' ({stage_type}): {e.message}"

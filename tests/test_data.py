@@ -212,13 +212,25 @@ def test_npz_unlabeled_and_tabular(tmp_path):
 
 
 def test_npz_missing_key_lists_present(tmp_path):
-    np.savez(tmp_path / "d.npz", data=np.zeros((4, 2)), target=np.zeros(4))
+    np.savez(tmp_path / "d.npz", feats=np.zeros((4, 2)), cls=np.zeros(4))
     with pytest.raises(ConfigError) as e:
         load_dataset(DataConfig(source="npz", path="d.npz"), tmp_path)
     msg = str(e.value)
-    assert "data.x_key" in msg and "'x'" in msg and "'data', 'target'" in msg and "\n" not in msg
+    assert "data.x_key" in msg and "'x'" in msg and "'feats', 'cls'" in msg and "\n" not in msg
     with pytest.raises(ConfigError, match=r"data\.y_key: .*no array 'labels'"):
-        load_dataset(DataConfig(source="npz", path="d.npz", x_key="data", y_key="labels"), tmp_path)
+        load_dataset(DataConfig(source="npz", path="d.npz", x_key="feats", y_key="labels"), tmp_path)
+    # samples found by x_key but no label array: the description says so (the run prints it)
+    ds = load_dataset(DataConfig(source="npz", path="d.npz", x_key="feats"), tmp_path)
+    assert ds.y is None and "NO LABELS" in ds.source_desc and "cls" in ds.source_desc
+
+
+def test_npz_images_labels_are_recognised(tmp_path):
+    """Common names (images/labels) are used when x_key/y_key are left unset; set keys always win."""
+    np.savez(tmp_path / "d.npz", images=np.zeros((10, 1, 4, 4), np.float32), labels=np.arange(10) % 2)
+    ds = load_dataset(DataConfig(source="npz", path="d.npz"), tmp_path)
+    assert ds.y is not None and "samples 'images'" in ds.source_desc and "labels 'labels'" in ds.source_desc
+    with pytest.raises(ConfigError, match=r"data\.y_key: .*no array 'y'"):
+        load_dataset(DataConfig(source="npz", path="d.npz", y_key="y"), tmp_path)
 
 
 def test_npz_bad_paths_and_contents(tmp_path):

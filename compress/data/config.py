@@ -61,8 +61,10 @@ class DataConfig(ArrayOptions):
                              "the pipeline file's folder.")
     callable: str | None = Field(None, description="'module:function' returning (x, y) or a dataset of (x, y) "
                                  "pairs; the pipeline file's folder is on sys.path.")
-    x_key: str = Field("x", description="Array name of the samples in the .npz file.")
-    y_key: str = Field("y", description="Array name of the labels in the .npz file (optional there).")
+    x_key: str = Field("x", description="Array name of the samples in the .npz file; when not set, the first of "
+                       "x, images, inputs, X, data, samples present.")
+    y_key: str = Field("y", description="Array name of the labels in the .npz file; when not set, the first of "
+                       "y, labels, label, targets, target, Y present (none: the run is label-free and says so).")
 
     @model_validator(mode="after")
     def _source_fields(self) -> "DataConfig":

@@ -123,22 +123,41 @@ def _load_npz(cfg: DataConfig, base_dir: Path) -> Dataset:
     with archive:
         keys = list(archive.files)
         present = ", ".join(repr(k) for k in keys) or "none"
-        if cfg.x_key not in keys:
-            raise ConfigError(f"data.x_key: '{cfg.path}' has no array '{cfg.x_key}' (arrays present: {present}); "
+        x_key = _npz_key(cfg, "x_key", keys, X_ALIASES)
+        y_key = _npz_key(cfg, "y_key", keys, Y_ALIASES)
+        if x_key not in keys:
+            raise ConfigError(f"data.x_key: '{cfg.path}' has no array '{x_key}' (arrays present: {present}); "
                               f"set data.x_key to the samples' name")
-        y_wanted = "y_key" in cfg.model_fields_set
-        if y_wanted and cfg.y_key not in keys:
-            raise ConfigError(f"data.y_key: '{cfg.path}' has no array '{cfg.y_key}' (arrays present: {present}); "
+        if "y_key" in cfg.model_fields_set and y_key not in keys:
+            raise ConfigError(f"data.y_key: '{cfg.path}' has no array '{y_key}' (arrays present: {present}); "
                               f"set data.y_key to the labels' name, or remove it for unlabeled data")
         try:
-            x = archive[cfg.x_key]
-            y = archive[cfg.y_key] if cfg.y_key in keys else None
+            x = archive[x_key]
+            y = archive[y_key] if y_key in keys else None
         except ValueError as e:  # object arrays need pickle, which we do not allow
             raise ConfigError(f"data.path: '{cfg.path}': cannot read its arrays ({_one_line(e)}); store plain "
                               f"numeric arrays") from None
-    labels = f", labels '{cfg.y_key}'" if y is not None else ", no labels"
-    return _build(x, y, cfg, where=f"data.path: '{cfg.path}' array '{cfg.x_key}'",
-                  source_desc=f"npz {path} (samples '{cfg.x_key}'{labels})")
+    others = [k for k in keys if k not in (x_key, y_key)]
+    if y is not None:
+        labels = f", labels '{y_key}'"
+    else:
+        labels = (f", NO LABELS: no array '{cfg.y_key}' or {'/'.join(Y_ALIASES[1:])}; other arrays: "
+                  f"{', '.join(others) or 'none'}; set data.y_key to use one as labels")
+    return _build(x, y, cfg, where=f"data.path: '{cfg.path}' array '{x_key}'",
+                  source_desc=f"npz {path} (samples '{x_key}'{labels})")
+
+
+#: array names recognised in an .npz when data.x_key / data.y_key are not set (the first present wins)
+X_ALIASES = ("x", "images", "inputs", "X", "data", "samples")
+Y_ALIASES = ("y", "labels", "label", "targets", "target", "Y")
+
+
+def _npz_key(cfg: DataConfig, field: str, keys: list[str], aliases: tuple[str, ...]) -> str:
+    """The configured array name, or (when the field was left at its default) the first known alias present."""
+    name = getattr(cfg, field)
+    if field in cfg.model_fields_set or name in keys:
+        return name
+    return next((a for a in aliases if a in keys), name)
 
 
 def _image_files(folder: Path, recursive: bool) -> list[Path]:
