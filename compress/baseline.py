@@ -75,8 +75,8 @@ def read_state(path: Path, where: str) -> dict[str, Any]:
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower():  # torch refused a pickled object: never advise weights_only=False
+    except pickle.UnpicklingError:
+        if _looks_like_checkpoint(path):  # torch refused a pickled object: never advise weights_only=False
             raise ConfigError(f"{where} model.weights: '{path}' holds pickled Python objects besides tensors, "
                               f"which compress never unpickles (that could run arbitrary code)",
                               hint="save only the state dict: torch.save(model.state_dict(), path), or use "
@@ -94,6 +94,18 @@ def read_state(path: Path, where: str) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise ConfigError(f"{where} model.weights: '{path}' holds a {type(state).__name__}, not a state dict")
     return state
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    """torch.save writes a zip archive (or, with the legacy format, a pickle starting with 0x80)."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return zipfile.is_zipfile(path) or head[:1] == b"\x80"
 
 
 def check_state(own: dict[str, Any], state: dict[str, Any], path: Path, where: str) -> None:

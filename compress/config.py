@@ -11,6 +11,7 @@ validate`` must not load torch, nncf or onnxruntime.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -446,13 +447,17 @@ def load_pipeline(path: str | Path) -> LoadedConfig:
                 pos = _locate(node, loc)
                 where = f"{path}:{pos[0]}:{pos[1]}" if pos else str(path)
                 msg = err["msg"].removeprefix("Value error, ")
+                ref = re.match(r"(gates|stages|targets)\[(\d+)\]\.(\w+) ", msg) if not loc else None
+                if ref:  # a cross-field rule of the whole pipeline: point at the field it names
+                    loc = (ref.group(1), int(ref.group(2)), ref.group(3))
+                    pos = _locate(node, loc)
+                    where = f"{path}:{pos[0]}:{pos[1]}" if pos else str(path)
+                    msg = msg[ref.end():]
                 if err["type"] == "extra_forbidden":
                     known = _keys_at(loc[:-1], data)
                     msg = f"unknown key '{loc[-1]}': {did_you_mean(str(loc[-1]), known)}" + (
                         f"known keys: {', '.join(known)}" if known else "`compress schema` lists the keys")
                 elif err["type"] == "literal_error" and isinstance(err.get("input"), str):
-                    import re
-
                     choices = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
                     msg = f"'{err['input']}' is not allowed: {did_you_mean(err['input'], choices)}use one of: " \
                           f"{', '.join(choices)}"

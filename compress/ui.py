@@ -41,7 +41,7 @@ class UI:
             self.err.print(f"[dim]{msg}[/dim]")
 
     def warn(self, msg: str) -> None:
-        self.err.print(f"[bold yellow]WARNING[/bold yellow] {msg}")
+        self.err.print(f"[bold yellow]WARNING[/bold yellow] {msg}", soft_wrap=True)
 
     def error(self, msg: str) -> None:
         self.err.print(f"[bold red]error:[/bold red] {msg}", soft_wrap=True)
