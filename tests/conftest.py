@@ -38,6 +38,21 @@ def write_yaml(path: Path, cfg: dict) -> Path:
     return path
 
 
+def save_user_weights(folder: Path, module: str = "usermodel", file: str = "w.pt") -> Path:
+    """Import ``folder/<module>.py``, save ``build()``'s state dict to ``folder/<file>``, forget the module."""
+    import sys
+
+    sys.modules.pop(module, None)
+    sys.path.insert(0, str(folder))
+    try:
+        mod = __import__(module)
+        torch.save(mod.build().state_dict(), folder / file)
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop(module, None)
+    return folder / file
+
+
 @pytest.fixture
 def tiny_yaml(tmp_path: Path):
     def make(**overrides) -> Path:

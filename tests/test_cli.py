@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from compress.cli import main
-from conftest import tiny_pipeline, write_yaml
+from conftest import save_user_weights, tiny_pipeline, write_yaml
 
 
 def run(*args: str):
@@ -141,17 +141,7 @@ def test_user_callable_with_weights_runs(tmp_path, tiny_yaml):
         "def build(width=16):\n"
         "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, width), torch.nn.ReLU(),"
         " torch.nn.Linear(width, 10))\n")
-    import sys
-
-    sys.modules.pop("usermodel", None)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import usermodel
-
-        torch.save(usermodel.build().state_dict(), tmp_path / "w.pt")
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("usermodel", None)
+    save_user_weights(tmp_path)
     r = run("run", str(tiny_yaml(model={"callable": "usermodel:build", "input_shape": [1, 1, 8, 8], "weights": "w.pt"},
                                  stages=[{"name": "export", "type": "export.onnx"}])))
     assert r.exit_code == 0, r.output

@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from compress.cli import main
-from conftest import tiny_pipeline, write_yaml
+from conftest import save_user_weights, tiny_pipeline, write_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CORRUPT = "corrupt cache entry removed, recomputing"
@@ -333,17 +333,7 @@ def test_npz_with_images_and_labels_measures_accuracy(tmp_path):
 
 def test_label_free_run_says_so_in_one_line(tmp_path):
     _user_files(tmp_path)
-    import torch
-
-    sys.modules.pop("usermodel", None)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import usermodel
-
-        torch.save(usermodel.build().state_dict(), tmp_path / "w.pt")
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("usermodel", None)
+    save_user_weights(tmp_path)
     cfg = tiny_pipeline(tmp_path, data={"source": "npz", "path": "nolabels.npz"}, stages=[],
                         model={**USER, "weights": "w.pt"})
     r = run("run", str(write_yaml(tmp_path / "pipe.yaml", cfg)))
