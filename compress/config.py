@@ -478,6 +478,11 @@ def check_chain(loaded: LoadedConfig) -> list[str]:
     prev = "the model"
     for i, spec in enumerate(cfg.stages):
         stage_cls = get_stage(spec.type)
+        earlier = ["baseline", *(s.name for s in cfg.stages[:i])]
+        for ref in stage_cls.references(spec.config):
+            if ref not in earlier:
+                problems.append(f"{loaded.where('stages', i, 'config')} stages[{i}] ({spec.type} '{spec.name}'): "
+                                f"refers to '{ref}', which is not an earlier stage; use one of: {', '.join(earlier)}")
         reason = stage_cls.reject_reason(spec.config, kind)
         if reason:
             problems.append(f"{loaded.where('stages', i, 'type')} stages[{i}] ({spec.type} '{spec.name}'): "

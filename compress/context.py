@@ -44,6 +44,10 @@ class StageContext:
     progress: Callable[[str, int], Any] = null_progress  # context manager: (description, total) -> .update()
     #: the run's measurement service: stages measure candidates through it (latency, fidelity, facts)
     measure: "Measure | None" = None
+    #: the baseline and every earlier stage's artifact by name (e.g. a distillation teacher)
+    artifacts: "dict[str, Artifact] | None" = None
+    #: a folder that survives a killed run of this stage (same cache key): resumable training checkpoints
+    checkpoint_dir: Path | None = None
 
     def load_torch(self, art: Artifact) -> "torch.nn.Module":
         """A fresh, independent torch module for ``art`` (stages may modify it freely)."""

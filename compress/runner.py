@@ -86,19 +86,24 @@ class Runner:
             from compress.calibration import read_calibration_set
 
             calib["sha256"] = read_calibration_set(self.cfg.calibration.path, self.loaded.base_dir)[1]["sha256"]
+        named = {"baseline": art}
         for spec in self.cfg.stages:
             stage = get_stage(spec.type)(spec.config)
+            refs = {r: named[r].hash for r in stage.references(spec.config)}
             key = cache_key(step="stage", type=spec.type, config=spec.config.model_dump(mode="json"),
                             input=art.hash, data=ds.fingerprint,
-                            calibration=calib if stage.uses_calibration else None)
+                            calibration=calib if stage.uses_calibration else None, **({"refs": refs} if refs else {}))
             ctx_base = dict(dataset=ds, export=self.cfg.export, base_dir=self.loaded.base_dir, stage_name=spec.name,
-                            calibration=self.cfg.calibration, measure=self.measure,
+                            calibration=self.cfg.calibration, measure=self.measure, artifacts=dict(named),
+                            checkpoint_dir=self.cache.root / "checkpoints" / key,
                             log=lambda m, n=spec.name: self.ui.info(f"  [{n}] {m}"), progress=self.ui.progress)
 
             def build(wd: Path, stage=stage, prev=art, ctx_base=ctx_base) -> Artifact:
                 return stage.run(prev, StageContext(work_dir=wd, **ctx_base))
 
             art, hit, secs = self._cached_artifact(key, f"{spec.name} ({spec.type})", build, stage_type=spec.type)
+            shutil.rmtree(self.cache.root / "checkpoints" / key, ignore_errors=True)
+            named[spec.name] = art
             records.append(self._record(spec.name, spec.type, spec.config.model_dump(mode="json"), art, hit, secs))
     
         # evaluation (quality) and latency, per target

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
     import torch
 
     from compress.data import Dataset
@@ -63,6 +65,18 @@ class TrainConfig(BaseModel):
         return self
 
 
+class FinetuneConfig(TrainConfig):
+    """The ``finetune:`` block of every stage that trains its result (prune.structured, prune.magnitude,
+    distill.kd): a :class:`TrainConfig` with short, gentle defaults and KD from the stage's teacher (by
+    default its input model) switched on."""
+
+    epochs: float = Field(1, gt=0, description="Passes over the training split (fractions allowed).")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    distill: DistillConfig | None = Field(
+        default_factory=DistillConfig,
+        description="KD from the stage's teacher (by default its input model); null trains on labels only.")
+
+
 def total_steps(cfg: TrainConfig, n_train: int) -> int:
     per_epoch = steps_per_epoch(cfg, n_train)
     return cfg.steps if cfg.steps is not None else max(1, int(round(cfg.epochs * per_epoch)))
@@ -101,6 +115,8 @@ def train(
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     after_step: Callable[["torch.nn.Module", int], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    checkpoint: "Path | None" = None,
+    checkpoint_every: int = 0,
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``dataset``'s ``split``; return a small history for the report.
 
@@ -111,6 +127,11 @@ def train(
     no teacher is given, or if ``eval_every`` is set and the eval split has no labels.
 
     Deterministic on CPU: the same ``cfg.seed``, model and data give bit-identical weights.
+
+    ``checkpoint`` (a file) with ``checkpoint_every`` > 0 saves the model, optimizer, schedule, batch order
+    and RNG state every that many steps (atomically); a later call with the same arguments finds the file
+    and resumes from it, so a killed training continues where it stopped (to the same weights). The file is
+    read with ``torch.load(weights_only=True)`` and removed when training ends.
     """
     import torch
     import torch.nn.functional as F
@@ -147,6 +168,17 @@ def train(
             curve: list[dict[str, float]] = []
             perm = torch.randperm(n, generator=g)
             pos = 0
+            resumed = None
+            if checkpoint is not None and checkpoint.is_file():
+                st = torch.load(checkpoint, weights_only=True)
+                model.load_state_dict(st["model"])
+                opt.load_state_dict(st["optimizer"])
+                if sched is not None:
+                    sched.load_state_dict(st["schedule"])
+                g.set_state(st["generator"])
+                torch.set_rng_state(st["rng"])
+                step, pos, perm, losses = int(st["step"]), int(st["pos"]), st["perm"], list(st["losses"])
+                resumed = step
             while step < steps:
                 if pos >= n:
                     perm, pos = torch.randperm(n, generator=g), 0
@@ -171,6 +203,11 @@ def train(
                 losses.append(float(loss.detach()))
                 if after_step is not None:
                     after_step(model, step)
+                if checkpoint is not None and checkpoint_every > 0 and step % checkpoint_every == 0 and step < steps:
+                    _save_checkpoint(checkpoint, {
+                        "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "schedule": sched.state_dict() if sched is not None else {}, "generator": g.get_state(),
+                        "rng": torch.get_rng_state(), "step": step, "pos": pos, "perm": perm, "losses": losses})
                 out_of_time = cfg.max_minutes is not None and clock() - start > cfg.max_minutes * 60
                 if every is not None and (step % every == 0 or step == steps or out_of_time):
                     _evaluate(model, dataset, cfg, step, steps_per_epoch(cfg, n), losses, curve)
@@ -185,13 +222,28 @@ def train(
     finally:
         torch.set_num_threads(threads)
     model.eval()
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     tail = losses[-max(1, len(losses) // 10):]
     hist: dict[str, Any] = {"steps": step, "planned_steps": steps, "final_loss": round(sum(tail) / len(tail), 6),
                             "seconds": round(clock() - start, 2), "stopped_early": stopped_early, "kd": use_kd}
+    if resumed is not None:
+        hist["resumed_at_step"] = resumed
     if curve:
         hist["eval_curve"] = curve
         hist["final_eval_accuracy"] = curve[-1]["accuracy"]
     return hist
+
+
+def _save_checkpoint(path: "Path", state: dict[str, Any]) -> None:
+    import os
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def _evaluate(model, dataset, cfg: TrainConfig, step: int, per_epoch: int, losses: list[float],

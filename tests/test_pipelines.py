@@ -45,9 +45,10 @@ def smoke(cfg: dict, tmp: Path, src: Path) -> dict:
         c = st.get("config") or {}
         if "samples" in c:
             c["samples"] = min(c["samples"] or 32, 32)
-        if isinstance(c.get("train"), dict):
-            c["train"] = {**c["train"], "steps": 10}
-            c["train"].pop("epochs", None)
+        for block in ("train", "finetune"):
+            if isinstance(c.get(block), dict):
+                c[block] = {**c[block], "steps": 10}
+                c[block].pop("epochs", None)
     cfg["output"] = {"dir": str(tmp / "run"), "cache_dir": str(tmp / "cache")}
     return cfg
 

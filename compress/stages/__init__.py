@@ -17,6 +17,9 @@ BUILTIN: dict[str, str] = {
     "quantize.dynamic": "compress.stages.quantize_dynamic:QuantizeDynamic",
     "quantize.qat": "compress.stages.quantize_qat:QuantizeQAT",
     "quantize.weights": "compress.stages.quantize_weights:QuantizeWeights",
+    "prune.structured": "compress.stages.prune_structured:PruneStructured",
+    "prune.magnitude": "compress.stages.prune_magnitude:PruneMagnitude",
+    "distill.kd": "compress.stages.distill_kd:DistillKD",
 }
 
 

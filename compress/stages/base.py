@@ -79,6 +79,12 @@ class Stage(ABC):
             why = "reorder the stages"
         return f"accepts {wanted} but receives {input_kind}: {why}"
 
+    @classmethod
+    def references(cls, config: StageConfig) -> list[str]:
+        """Names of earlier artifacts (``baseline`` or stage names) ``run`` reads from ``ctx.artifacts``;
+        they are checked at load time and their hashes enter the stage's cache key."""
+        return []
+
     def __init__(self, config: StageConfig):
         self.config = config
 
