@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from compress.data import Dataset
     from compress.export import ExportConfig
     from compress.measure import Measure
+    from compress.training import TrainConfig
 
 ProgressFactory = Callable[[str, int], Any]
 
@@ -52,6 +53,47 @@ class StageContext:
     def load_torch(self, art: Artifact) -> "torch.nn.Module":
         """A fresh, independent torch module for ``art`` (stages may modify it freely)."""
         return build_module(art, self.base_dir)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the data has labels and an evaluation split (so accuracy can be computed)."""
+        return self.dataset.y is not None and len(self.dataset.splits["eval"]) > 0
+
+    def finetune(self, model: "torch.nn.Module", cfg: "TrainConfig", teacher: "torch.nn.Module | None",
+                 description: str, seed_offset: int = 0, **train_kw: Any) -> dict[str, Any]:
+        """Train ``model`` in place with the one training loop under a progress bar (``cfg.seed`` +
+        ``seed_offset``); returns its history, plus ``accuracy`` (torch, eval split) when there are labels.
+        A loop that cannot train (no labels and no teacher) is a :class:`StageError`."""
+        from compress.errors import StageError
+        from compress.training import accuracy, total_steps, train
+
+        cfg = cfg.model_copy(update={"seed": cfg.seed + seed_offset})
+        try:
+            with self.progress(description, total_steps(cfg, len(self.dataset.splits["train"]))) as bar:
+                hist = train(model, self.dataset, cfg, teacher=teacher,
+                             progress=lambda s, t, info: bar.update(1, **info), **train_kw)
+        except ValueError as e:
+            raise StageError(f"{self.stage_name}: {e}", hint="set finetune.distill or give labelled data") from e
+        if self.labelled:
+            hist["accuracy"] = round(accuracy(model, self.dataset), 4)
+        return hist
+
+    def finetune_step(self, model: "torch.nn.Module", cfg: "TrainConfig | None", teacher: "torch.nn.Module | None",
+                      rec: dict[str, Any], k: int, of: int, summary: str) -> dict[str, Any]:
+        """After step ``k`` (0-based) of ``of`` of an iterative stage: record the accuracy of the edited model,
+        fine-tune it (when ``cfg`` is set), record the accuracy after, log one line; returns ``rec``."""
+        from compress.training import accuracy
+
+        if self.labelled:
+            rec["accuracy_pruned"] = round(accuracy(model, self.dataset), 4)
+        if cfg is not None:
+            rec["finetune"] = self.finetune(model, cfg, teacher, f"fine-tune after step {k + 1}/{of}", k)
+            if self.labelled:
+                rec["accuracy_finetuned"] = rec["finetune"]["accuracy"]
+        self.log(f"step {k + 1}/{of}: {summary}"
+                 + (f", accuracy {rec['accuracy_pruned']}%" if self.labelled else "")
+                 + (f" -> {rec['accuracy_finetuned']}% after fine-tune" if "accuracy_finetuned" in rec else ""))
+        return rec
 
     def calibration_samples(self, samples: int | None = None) -> "np.ndarray":
         """The pipeline's seeded calibration subset (``calibration:``), optionally resized to ``samples``."""

@@ -93,7 +93,7 @@ class DistillKD(Stage):
         from compress.artifact import save_torch
         from compress.errors import StageError
         from compress.facts import torch_facts
-        from compress.training import accuracy, total_steps, train
+        from compress.training import accuracy
 
         cfg = self.config
         arts = ctx.artifacts or {}
@@ -114,7 +114,7 @@ class DistillKD(Stage):
             except Exception as e:  # noqa: BLE001 - the user's builder: one line
                 raise StageError(f"distill.kd: cannot build the student: {type(e).__name__}: {e}",
                                  hint="check student.zoo / callable / kwargs") from e
-        labelled = ctx.dataset.y is not None and len(ctx.dataset.splits["eval"]) > 0
+        labelled = ctx.labelled
         facts: dict[str, Any] = {"teacher": cfg.teacher, "student": cfg.student.recipe() if cfg.student else "input",
                                  "temperature": cfg.finetune.distill.temperature, "alpha": cfg.finetune.distill.alpha}
         shape = artifact.input_shape
@@ -124,16 +124,10 @@ class DistillKD(Stage):
             facts["accuracy_teacher"] = round(accuracy(teacher, ctx.dataset), 4)
             facts["accuracy_student_before"] = round(accuracy(student, ctx.dataset), 4)
         ckpt = ctx.checkpoint_dir / "distill.pt" if ctx.checkpoint_dir is not None else None
-        steps = total_steps(cfg.finetune, len(ctx.dataset.splits["train"]))
-        try:
-            with ctx.progress("distillation", steps) as bar:
-                facts["training"] = train(student, ctx.dataset, cfg.finetune, teacher=teacher,
-                                          progress=lambda s, t, info: bar.update(1, **info),
-                                          checkpoint=ckpt, checkpoint_every=cfg.checkpoint_every)
-        except ValueError as e:
-            raise StageError(f"distill.kd: {e}") from e
+        facts["training"] = ctx.finetune(student, cfg.finetune, teacher, "distillation", checkpoint=ckpt,
+                                         checkpoint_every=cfg.checkpoint_every)
         if labelled:
-            facts["accuracy_student"] = round(accuracy(student, ctx.dataset), 4)
+            facts["accuracy_student"] = facts["training"]["accuracy"]
         ctx.log(f"distilled '{cfg.teacher}' into {'the input model' if cfg.student is None else like.recipe['callable']}"
                 f" in {facts['training']['steps']} steps"
                 + (f" (resumed at step {facts['training']['resumed_at_step']})"

@@ -139,12 +139,12 @@ class PruneMagnitude(Stage):
 
         from compress.artifact import save_torch
         from compress.errors import StageError
-        from compress.training import accuracy, total_steps, train
+        from compress.training import accuracy
 
         cfg = self.config
         teacher = ctx.load_torch(artifact)
         model = ctx.load_torch(artifact)
-        labelled = ctx.dataset.y is not None and len(ctx.dataset.splits["eval"]) > 0
+        labelled = ctx.labelled
         layers = prunable_layers(model, artifact.input_shape, cfg.ignored)
         facts: dict[str, Any] = {"ranking": cfg.ranking, "layers_pruned": len(layers)}
         if labelled:
@@ -177,23 +177,7 @@ class PruneMagnitude(Stage):
                     prune.l1_unstructured(mod, "weight", amount=min(1.0, (target - done) / left))
             done = target if target is not None else done
             rec: dict[str, Any] = {"step": k + 1, "sparsity": round(self._sparsity(layers), 6)}
-            if labelled:
-                rec["accuracy_pruned"] = round(accuracy(model, ctx.dataset), 4)
-            if cfg.finetune is not None:
-                ft = cfg.finetune.model_copy(update={"seed": cfg.finetune.seed + k})
-                try:
-                    with ctx.progress(f"fine-tune after sparsity step {k + 1}/{len(schedule)}",
-                                      total_steps(ft, len(ctx.dataset.splits["train"]))) as bar:
-                        rec["finetune"] = train(model, ctx.dataset, ft, teacher=teacher,
-                                                progress=lambda s, t, info: bar.update(1, **info))
-                except ValueError as e:
-                    raise StageError(f"prune.magnitude: {e}", hint="set finetune.distill or give labelled data") from e
-                if labelled:
-                    rec["accuracy_finetuned"] = round(accuracy(model, ctx.dataset), 4)
-            steps.append(rec)
-            ctx.log(f"step {k + 1}/{len(schedule)}: sparsity {rec['sparsity']:.3f}"
-                    + (f", accuracy {rec['accuracy_pruned']}%" if labelled else "")
-                    + (f" -> {rec['accuracy_finetuned']}% after fine-tune" if "accuracy_finetuned" in rec else ""))
+            steps.append(ctx.finetune_step(model, cfg.finetune, teacher, rec, k, len(schedule), f"sparsity {rec['sparsity']:.3f}"))
         for mod in layers.values():
             prune.remove(mod, "weight")
         with torch.no_grad():

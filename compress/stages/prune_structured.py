@@ -357,7 +357,7 @@ class PruneStructured(Stage):
 
         from compress.artifact import save_torch
         from compress.errors import StageError
-        from compress.training import accuracy, total_steps, train
+        from compress.training import accuracy
 
         cfg = self.config
         self._shape = artifact.input_shape
@@ -365,7 +365,7 @@ class PruneStructured(Stage):
             raise StageError("prune.structured: a latency target needs the measurement service (ctx.measure)")
         teacher = ctx.load_torch(artifact)
         model = ctx.load_torch(artifact)
-        labelled = ctx.dataset.y is not None and len(ctx.dataset.splits["eval"]) > 0
+        labelled = ctx.labelled
         macs0, params0 = self._macs(model)
         facts: dict[str, Any] = {"macs_before": macs0, "params_before": params0, "importance": cfg.importance,
                                  "ranking": cfg.ranking, "round_to": cfg.round_to}
@@ -384,23 +384,7 @@ class PruneStructured(Stage):
         for k in range(cfg.iterative_steps):
             self._step(pruner, model, ctx, teacher, k)
             rec: dict[str, Any] = {"step": k + 1, "macs": self._macs(model)[0]}
-            if labelled:
-                rec["accuracy_pruned"] = round(accuracy(model, ctx.dataset), 4)
-            if cfg.finetune is not None:
-                ft = cfg.finetune.model_copy(update={"seed": cfg.finetune.seed + k})
-                try:
-                    with ctx.progress(f"fine-tune after pruning step {k + 1}/{cfg.iterative_steps}",
-                                      total_steps(ft, len(ctx.dataset.splits["train"]))) as bar:
-                        rec["finetune"] = train(model, ctx.dataset, ft, teacher=teacher,
-                                                progress=lambda s, t, info: bar.update(1, **info))
-                except ValueError as e:
-                    raise StageError(f"prune.structured: {e}", hint="set finetune.distill or give labelled data") from e
-                if labelled:
-                    rec["accuracy_finetuned"] = round(accuracy(model, ctx.dataset), 4)
-            steps.append(rec)
-            ctx.log(f"step {k + 1}/{cfg.iterative_steps}: MACs x{rec['macs'] / macs0:.3f}"
-                    + (f", accuracy {rec['accuracy_pruned']}%" if labelled else "")
-                    + (f" -> {rec['accuracy_finetuned']}% after fine-tune" if "accuracy_finetuned" in rec else ""))
+            steps.append(ctx.finetune_step(model, cfg.finetune, teacher, rec, k, cfg.iterative_steps, f"MACs x{rec['macs'] / macs0:.3f}"))
         macs1, params1 = self._macs(model)
         facts.update({"steps": steps, "macs_after": macs1, "params_after": params1,
                       "macs_reduction": round(macs0 / macs1, 4), "params_reduction": round(params0 / params1, 4),
