@@ -167,3 +167,93 @@ def test_config_needs_exactly_one_target():
         PruneStructuredConfig(latency={"ratio": 0.5, "ms": 3})
     with pytest.raises(ValueError, match="valid regular expression"):
         PruneStructuredConfig(pruning_ratio=0.5, ratios={"(": 0.3})
+
+
+# ---------------------------------------------------------------------------------------------------
+# a latency target on a fake runtime whose latency is a known function of the channels
+
+
+class _Clock:
+    now = 0.0
+
+    @classmethod
+    def __call__(cls) -> float:
+        return cls.now
+
+
+def conv_cost_ms(onnx_path) -> float:
+    """The fake runtime's latency: 0.2 ms + 1 ms per 10k convolution weights (i.e. of the channel counts)."""
+    import numpy as np
+    import onnx
+
+    g = onnx.load(str(onnx_path)).graph
+    inits = {i.name: i for i in g.initializer}
+    n = sum(int(np.prod(inits[nd.input[1]].dims)) for nd in g.node if nd.op_type == "Conv" and nd.input[1] in inits)
+    return 0.2 + n / 1e4
+
+
+class FakeRuntime:
+    """Runs outputs in ONNX Runtime, but one timed call costs ``conv_cost_ms`` on a virtual clock."""
+
+    name = "fake"
+
+    def open(self, onnx_path, target):
+        from compress.runtimes.onnxruntime import OnnxRuntime
+
+        sess = OnnxRuntime().open(onnx_path, target)
+        cost = conv_cost_ms(onnx_path) / 1e3
+
+        def runner(x):
+            def call():
+                _Clock.now += cost
+            return call
+
+        sess.runner = runner
+        return sess
+
+    def versions(self):
+        return {}
+
+    def optimized_op_counts(self, onnx_path, target):
+        return {}
+
+
+def test_latency_target_stops_on_a_fake_runtime(tiny_yaml, tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from compress.cli import main
+    from compress.runtimes import base, timing
+
+    monkeypatch.setitem(base.RUNTIMES, "fake", f"{__name__}:FakeRuntime")
+    monkeypatch.setitem(base._REQUIRES, "fake", "onnxruntime")
+    monkeypatch.setitem(timing.measure_interleaved.__kwdefaults__, "clock", _Clock())
+    from conftest import FAST_TIMING
+
+    path = tiny_yaml(
+        model={"zoo": "tiny_cnn", "kwargs": {"num_classes": 10, "in_channels": 1, "width": 32},
+               "input_shape": [1, 1, 8, 8], "train": {"steps": 2, "batch_size": 32}},
+        targets=[{"name": "fake-cpu", "runtime": "fake", "timing": FAST_TIMING}],
+        stages=[{"name": "prune", "type": "prune.structured", "config": {
+            "latency": {"ratio": 0.5, "target": "fake-cpu"}, "finetune": None, "round_to": None,
+            "search_step": 0.1, "refine": 2}}])
+    r = CliRunner().invoke(main, ["run", str(path)], catch_exceptions=False)
+    assert r.exit_code in (0, 1), r.output
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    facts = rep["stages"][0]["facts"]
+    search = facts["search"]
+    # it stepped up in 0.1 until the target first held, then bisected the bracket twice
+    steps = [p["ratio"] for p in search]
+    first = next(i for i, p in enumerate(search) if p["meets"])
+    assert steps[:first + 1] == pytest.approx([0.1 * (i + 1) for i in range(first + 1)])
+    assert len(search) == first + 1 + 2 and all(not p["meets"] for p in search[:first])
+    # the chosen ratio is the smallest candidate that met the target; the measured ratio is the function's
+    chosen = min(p["ratio"] for p in search if p["meets"])
+    assert facts["pruning_ratio"] == pytest.approx(chosen)
+    assert max(p["ratio"] for p in search if not p["meets"]) < chosen
+    before = conv_cost_ms(rep["baseline"]["artifact"]["onnx_path"])
+    after = conv_cost_ms(rep["stages"][0]["artifact"]["onnx_path"])
+    assert facts["latency"]["latency_ratio"] == pytest.approx(after / before, rel=1e-3)
+    assert facts["latency"]["latency_ratio"] <= 0.5
+    assert facts["realised_vs_macs"] > 0

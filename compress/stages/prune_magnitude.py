@@ -189,7 +189,7 @@ class PruneMagnitude(Stage):
                 raise StageError(f"prune.magnitude: the {cfg.n_m} pattern does not hold on {', '.join(bad)}")
             facts["n_m_verified"] = sorted(layers)
         out = save_torch(model, ctx.work_dir, like=artifact, producer=ctx.stage_name)
-        measure = getattr(ctx, "measure", None)
+        measure = ctx.measure
         if measure is not None:  # compressed size of what ships: the exported ONNX, before and after
             before, after = (measure.deployable(a).path("onnx") for a in (artifact, out))
             facts["onnx_bytes"] = [before.stat().st_size, after.stat().st_size]

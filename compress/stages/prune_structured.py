@@ -285,7 +285,7 @@ class PruneStructured(Stage):
 
     def _latency(self, artifact: "Artifact", cand: "Artifact", ctx: "StageContext") -> dict[str, float]:
         """Paired interleaved timing of ``[input, candidate]`` through the measurement service."""
-        measure = getattr(ctx, "measure", None)
+        measure = ctx.measure
         target = self.config.latency.target if self.config.latency else None
         before, after = measure.latency([artifact, cand], target)
         speedup = measure.speedup(before, after)
@@ -361,7 +361,7 @@ class PruneStructured(Stage):
 
         cfg = self.config
         self._shape = artifact.input_shape
-        if cfg.latency is not None and getattr(ctx, "measure", None) is None:
+        if cfg.latency is not None and ctx.measure is None:
             raise StageError("prune.structured: a latency target needs the measurement service (ctx.measure)")
         teacher = ctx.load_torch(artifact)
         model = ctx.load_torch(artifact)
@@ -392,7 +392,7 @@ class PruneStructured(Stage):
         history = history_json(pruner)
         edits = artifact.edits + (prune_edit(history, self._shape),)
         out = save_torch(model, ctx.work_dir, like=artifact, producer=ctx.stage_name, edits=edits)
-        if getattr(ctx, "measure", None) is not None:
+        if ctx.measure is not None:
             lat = self._latency(artifact, out, ctx)
             facts["latency"] = lat
             facts["realised_vs_macs"] = round(lat["speedup"] / facts["macs_reduction"], 4)
