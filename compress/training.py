@@ -114,6 +114,7 @@ def train(
     split: str = "train",
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     after_step: Callable[["torch.nn.Module", int], None] | None = None,
+    step_loss: Callable[["torch.nn.Module", "torch.Tensor", "torch.Tensor | None"], "torch.Tensor"] | None = None,
     clock: Callable[[], float] = time.monotonic,
     checkpoint: "Path | None" = None,
     checkpoint_every: int = 0,
@@ -121,7 +122,9 @@ def train(
     """Train ``model`` in place on ``dataset``'s ``split``; return a small history for the report.
 
     ``teacher`` (eval mode, frozen) adds the KD term when ``cfg.distill`` is set. ``after_step`` lets a
-    stage act between steps (e.g. re-apply a pruning mask). ``progress(step, total, info)`` is called
+    stage act between steps (e.g. re-apply a pruning mask). ``step_loss(model, xb, yb)`` replaces the
+    forward pass and loss of a step (e.g. the search supernet's sandwich rule, several subnets per batch);
+    the loop still owns batching, the optimizer, the schedule, evaluation and stopping. ``progress(step, total, info)`` is called
     after every step with ``info = {"loss": ..., "acc": ...}`` (``acc`` once evaluated). ``clock`` (in
     seconds) is what ``max_minutes`` is checked against. Raises ``ValueError`` if labels are missing and
     no teacher is given, or if ``eval_every`` is set and the eval split has no labels.
@@ -185,15 +188,18 @@ def train(
                 idx = perm[pos:pos + cfg.batch_size]
                 pos += cfg.batch_size
                 xb = x[idx]
-                out = model(xb)
-                loss = torch.zeros((), dtype=out.dtype)
-                if y is not None and (not use_kd or cfg.distill.alpha < 1):
-                    ce = F.cross_entropy(out, y[idx], label_smoothing=cfg.label_smoothing)
-                    loss = loss + (1 - cfg.distill.alpha if use_kd else 1.0) * ce
-                if use_kd:
-                    with torch.no_grad():
-                        t_out = teacher(xb)
-                    loss = loss + cfg.distill.alpha * kd_loss(out, t_out, cfg.distill.temperature)
+                if step_loss is not None:
+                    loss = step_loss(model, xb, y[idx] if y is not None else None)
+                else:
+                    out = model(xb)
+                    loss = torch.zeros((), dtype=out.dtype)
+                    if y is not None and (not use_kd or cfg.distill.alpha < 1):
+                        ce = F.cross_entropy(out, y[idx], label_smoothing=cfg.label_smoothing)
+                        loss = loss + (1 - cfg.distill.alpha if use_kd else 1.0) * ce
+                    if use_kd:
+                        with torch.no_grad():
+                            t_out = teacher(xb)
+                        loss = loss + cfg.distill.alpha * kd_loss(out, t_out, cfg.distill.temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -1,0 +1,181 @@
+"""The latency model, built on the target: every block choice of a space is exported and timed on its own
+at the input shape it sees in the network, *in the same interleaved session* as up to 10 whole networks
+(and any held-out networks); a network's latency is the sum of its blocks corrected by an affine fit
+``a * sum + b`` on those whole networks (it absorbs per-call overhead and the fusion/layout effects at
+block boundaries). The table is cached per target fingerprint.
+
+When a space has no blocks (a user space without ``blocks()``) or the table misses on held-out
+networks, a small learned predictor (ridge regression on the config encoding, scikit-learn) fitted on
+measured whole networks is used instead; :attr:`LatencyModel.kind` says which one is in use.
+
+Measurement goes through a ``measure(artifacts) -> list[LatencyStats]`` callable (the stage passes
+``ctx.measure.latency``); this module never opens a runtime session.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from compress.search.space import Block, Config, SearchSpace
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compress.artifact import Artifact
+
+
+@dataclass
+class LatencyModel:
+    kind: str  # "table" (sum of blocks + affine) | "learned" (ridge on the encoding)
+    table: dict[str, dict[str, float]] = field(default_factory=dict)  # block key -> {ms, params, macs}
+    a: float = 1.0
+    b: float = 0.0
+    ridge: dict[str, Any] | None = None  # {"coef": [...], "intercept": x}
+    calibration: list[dict[str, Any]] = field(default_factory=list)  # [{config, sum_ms, measured_ms}]
+
+    def raw(self, space: SearchSpace, config: Config) -> float:
+        """Plain sum of the config's block timings (ms); raises KeyError on a block not in the table."""
+        return sum(self.table[b.key]["ms"] for b in space.blocks(config))
+
+    def predict(self, space: SearchSpace, config: Config) -> float:
+        if self.kind == "learned":
+            enc = space.encode(config)
+            return float(sum(c * e for c, e in zip(self.ridge["coef"], enc)) + self.ridge["intercept"])
+        return self.a * self.raw(space, config) + self.b
+
+    def counts(self, space: SearchSpace, config: Config) -> dict[str, int] | None:
+        """Params and MACs as sums over blocks (exact: every layer sits in one block); None without a table."""
+        blocks = space.blocks(config)
+        if not blocks or any(b.key not in self.table for b in blocks):
+            return None
+        return {k: int(sum(self.table[b.key][k] for b in blocks)) for k in ("params", "macs")}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "table": self.table, "a": self.a, "b": self.b, "ridge": self.ridge,
+                "calibration": self.calibration}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "LatencyModel":
+        return cls(**d)
+
+
+def all_blocks(space: SearchSpace) -> list[Block]:
+    """Every distinct block of the space: the blocks of ``space.covering_configs()`` when it has one, else of
+    the largest, the smallest and 500 seeded random configs (a block missed here makes the table miss)."""
+    import numpy as np
+
+    if hasattr(space, "covering_configs"):
+        configs = space.covering_configs()
+    else:
+        rng = np.random.default_rng(0)
+        configs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(500)]
+    seen: dict[str, Block] = {}
+    for c in configs:
+        for b in space.blocks(c) or []:
+            seen.setdefault(b.key, b)
+    return list(seen.values())
+
+
+def block_artifact(block: Block, folder: Path, *, seed: int = 0) -> "Artifact":
+    """A small torch artifact of one block (random weights: float latency does not depend on them)."""
+    return recipe_artifact(block.recipe, block.input_shape, folder, seed=seed, producer=f"search:block:{block.kind}")
+
+
+def recipe_artifact(recipe: dict[str, Any], input_shape: tuple[int, ...], folder: Path, *, seed: int = 0,
+                    producer: str = "search", model=None) -> "Artifact":
+    import torch
+
+    from compress.artifact import Artifact, import_callable, save_torch
+
+    if model is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = import_callable(recipe["callable"])(**recipe["kwargs"]).eval()
+    stub = Artifact(format="torch", precision="float32", dir=folder, files={}, file_hashes={},
+                    input_shape=tuple(input_shape), recipe=recipe)
+    return save_torch(model, folder, like=stub, producer=producer)
+
+
+def block_counts(block: Block) -> dict[str, int]:
+    from compress.artifact import import_callable
+    from compress.facts import torch_facts
+
+    f = torch_facts(import_callable(block.recipe["callable"])(**block.recipe["kwargs"]).eval(), block.input_shape)
+    return {"params": f["params"], "macs": f["macs"]}
+
+
+Measure = Callable[[list["Artifact"]], list[Any]]  # artifacts -> LatencyStats (p50_ms), timed interleaved
+
+
+def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: tuple[int, ...],
+          calibration: list[Config], holdout: list[Config] = (), prepare: Callable[["Artifact"], "Artifact"] | None = None,
+          log: Callable[[str], None] = lambda m: None) -> tuple[LatencyModel, list[dict[str, Any]]]:
+    """Time every block, the ``calibration`` networks (<= 10, for the affine fit) and the ``holdout``
+    networks in ONE interleaved measurement; return the model and the held-out rows
+    ``[{config, predicted_ms, measured_ms}]``. ``prepare`` turns each torch artifact into what is timed
+    (e.g. an INT8 ONNX); default: the artifact itself (the measurement service exports it)."""
+    if len(calibration) > 10:
+        raise ValueError("the affine correction is fitted on at most 10 measured networks")
+    prepare = prepare or (lambda a: a)
+    blocks = all_blocks(space)
+    log(f"latency table: {len(blocks)} blocks, {len(calibration)} calibration and {len(holdout)} held-out networks")
+    arts = [prepare(block_artifact(b, work_dir / f"block{i:04d}")) for i, b in enumerate(blocks)]
+    nets = list(calibration) + list(holdout)
+    arts += [prepare(recipe_artifact(space.recipe(c), input_shape, work_dir / f"net{i:04d}", seed=i))
+             for i, c in enumerate(nets)]
+    stats = measure(arts)
+    ms = [s.p50_ms for s in stats]
+    table = {b.key: {"ms": ms[i], **block_counts(b)} for i, b in enumerate(blocks)}
+    model = LatencyModel(kind="table", table=table)
+    net_ms = ms[len(blocks):]
+    cal_rows = [{"config": c, "sum_ms": model.raw(space, c), "measured_ms": m}
+                for c, m in zip(calibration, net_ms[:len(calibration)])]
+    model.a, model.b = fit_affine([r["sum_ms"] for r in cal_rows], [r["measured_ms"] for r in cal_rows])
+    model.calibration = cal_rows
+    rows = [{"config": c, "predicted_ms": model.predict(space, c), "sum_ms": model.raw(space, c), "measured_ms": m}
+            for c, m in zip(holdout, net_ms[len(calibration):])]
+    return model, rows
+
+
+def fit_affine(sums: list[float], measured: list[float]) -> tuple[float, float]:
+    """Least-squares ``measured ~ a * sum + b``; with one network only the offset, with none the identity."""
+    import numpy as np
+
+    if not sums:
+        return 1.0, 0.0
+    if len(sums) == 1 or np.ptp(sums) == 0:
+        return 1.0, float(np.mean(np.asarray(measured) - np.asarray(sums)))
+    a, b = np.polyfit(np.asarray(sums, float), np.asarray(measured, float), 1)
+    return float(a), float(b)
+
+
+def fit_learned(space: SearchSpace, configs: list[Config], measured: list[float]) -> LatencyModel:
+    """Ridge regression (scikit-learn) from the config encoding to measured latency."""
+    import numpy as np
+    from sklearn.linear_model import RidgeCV
+
+    x = np.asarray([space.encode(c) for c in configs])
+    reg = RidgeCV(alphas=np.logspace(-4, 2, 13)).fit(x, np.asarray(measured))
+    return LatencyModel(kind="learned", ridge={"coef": [float(v) for v in reg.coef_], "intercept": float(reg.intercept_)})
+
+
+def validate(predicted: list[float], measured: list[float]) -> dict[str, Any]:
+    """MAPE (%), Kendall tau (scipy), share within +-10%, and the share of pairs whose measured latencies
+    lie within 5% of each other that the prediction orders correctly."""
+    import numpy as np
+    from scipy.stats import kendalltau
+
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    if len(p) == 0:
+        return {"n": 0}
+    err = (p - m) / m
+    close = right = 0
+    for i, j in itertools.combinations(range(len(m)), 2):
+        if abs(m[i] - m[j]) <= 0.05 * min(m[i], m[j]) and m[i] != m[j]:
+            close += 1
+            right += int((p[i] - p[j]) * (m[i] - m[j]) > 0)
+    tau = kendalltau(p, m).statistic if len(p) > 1 else float("nan")
+    return {"n": int(len(p)), "mape_pct": round(float(np.mean(np.abs(err)) * 100), 3),
+            "bias_pct": round(float(np.mean(err) * 100), 3), "kendall_tau": round(float(tau), 4),
+            "within_10pct": round(float(np.mean(np.abs(err) <= 0.10)), 4),
+            "close_pairs": close, "close_pairs_ordered": round(right / close, 4) if close else None}
