@@ -212,7 +212,7 @@ class Measure:
             for i, dep in enumerate(deps):
                 sess = runtime.open(dep.path("onnx"), target)
                 sessions.append(sess)
-                runners[keys[i]] = sess.runner(_batch(x, _fixed_batch(sess) or target.batch_size))
+                runners[keys[i]] = sess.runner(_batch(_inputs(x, arts[i]), _fixed_batch(sess) or target.batch_size))
             desc = label or f"timing {len(runners)} artifact(s) on {target.name} (interleaved)"
             with self._progress(desc, 1000) as bar:
                 stats = measure_interleaved(runners, policy, progress=lambda f: bar.set(f * 1000)
@@ -236,6 +236,17 @@ class Measure:
 def _fixed_batch(sess) -> int | None:
     shape = sess.info.get("input_shape") or []
     return shape[0] if shape and isinstance(shape[0], int) else None
+
+
+def _inputs(x, art: Artifact):
+    """The evaluation samples, or (for an artifact with another input shape, e.g. one block of a
+    network timed by the search's latency table) seeded standard-normal samples of its own shape."""
+    import numpy as np
+
+    shape = tuple(art.input_shape[1:])
+    if tuple(x.shape[1:]) == shape or len(art.input_shape) < 2:
+        return x
+    return np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
 
 
 def _batch(x, n: int):

@@ -63,6 +63,9 @@ def smoke(cfg: dict, tmp: Path, src: Path) -> dict:
             if isinstance(c.get(block), dict):
                 c[block] = {**c[block], "steps": 10}
                 c[block].pop("epochs", None)
+        if "candidates" in c:  # search.nas: subnets scored per strategy (and a matching population)
+            c["candidates"] = min(c["candidates"], 12)
+            c["population"] = min(c.get("population", 16), 6)
     cfg["output"] = {"dir": str(tmp / "run"), "cache_dir": str(tmp / "cache")}
     return cfg
 

@@ -16,19 +16,17 @@ from typing import TYPE_CHECKING, Any, Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from compress.search.space import Config, SearchSpace
-from compress.training import TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from compress.cache import Cache
     from compress.data import Dataset
+    from compress.training import TrainConfig
 
 
 class SupernetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=3e-3, threads=1),
-                               description="The training loop's settings (steps over all phases).")
     warmup_fraction: float = Field(0.25, ge=0, lt=1, description="Share of the steps that train the largest "
                                    "network alone before the sandwich rule starts.")
     random_subnets: int = Field(2, ge=0, description="Random subnets per step besides the largest and smallest.")
@@ -68,7 +66,8 @@ def sandwich_loss(space: SearchSpace, supernet, cfg: SupernetConfig, seed: int) 
     return step
 
 
-def train_supernet(space: SearchSpace, dataset: "Dataset", cfg: SupernetConfig, *, cache: "Cache",
+def train_supernet(space: SearchSpace, dataset: "Dataset", train_cfg: TrainConfig, cfg: SupernetConfig, *,
+                   cache: "Cache",
                    key_parts: dict[str, Any], log: Callable[[str], None] = print,
                    progress=None) -> tuple["torch.nn.Module", dict[str, Any]]:
     """Train (or load from the cache) the supernet phase by phase; return it and its history."""
@@ -77,7 +76,9 @@ def train_supernet(space: SearchSpace, dataset: "Dataset", cfg: SupernetConfig, 
     from compress.cache import cache_key
     from compress.training import train
 
-    steps = cfg.train.steps or 300
+    from compress.training import total_steps
+
+    steps = total_steps(train_cfg, len(dataset.splits["train"]))
     warm = int(round(cfg.warmup_fraction * steps))
     phases = [("largest", warm), ("sandwich", steps - warm)]
     supernet = space.supernet()
@@ -88,6 +89,7 @@ def train_supernet(space: SearchSpace, dataset: "Dataset", cfg: SupernetConfig, 
         if n <= 0:
             continue
         key = cache_key(step="supernet", phase=i, prev=prev, space=space.origin, config=cfg.model_dump(mode="json"),
+                        train=train_cfg.model_dump(mode="json"),
                         **key_parts)
         art = cache.get_artifact(key)
         if art is not None:
@@ -95,8 +97,8 @@ def train_supernet(space: SearchSpace, dataset: "Dataset", cfg: SupernetConfig, 
             hist["phases"].append({**art.facts, "cached": True})
             log(f"supernet phase '{name}': cached")
         else:
-            tcfg = cfg.train.model_copy(update={"steps": n, "epochs": 1, "seed": cfg.train.seed + i})
-            loss = None if name == "largest" else sandwich_loss(space, supernet, cfg, seed=cfg.train.seed + 1000 + i)
+            tcfg = train_cfg.model_copy(update={"steps": n, "seed": train_cfg.seed + i})
+            loss = None if name == "largest" else sandwich_loss(space, supernet, cfg, seed=train_cfg.seed + 1000 + i)
             supernet.activate(None)
             if progress is not None:
                 with progress(f"supernet: {name}", n) as bar:

@@ -20,6 +20,7 @@ BUILTIN: dict[str, str] = {
     "prune.structured": "compress.stages.prune_structured:PruneStructured",
     "prune.magnitude": "compress.stages.prune_magnitude:PruneMagnitude",
     "distill.kd": "compress.stages.distill_kd:DistillKD",
+    "search.nas": "compress.stages.search_nas:SearchNAS",
 }
 
 

@@ -1,0 +1,322 @@
+"""``search.nas``: hardware-aware architecture search at the head of the pipeline, measured on the
+user's runtime.
+
+The stage *replaces the architecture*: its input (the pipeline's baseline model) is the reference the
+latency constraint ``latency_ratio`` is relative to, and its output is the chosen subnet of ``space``
+with the weights it inherits from the supernet (optionally fine-tuned), as an ordinary torch artifact
+(recipe = the family's builder + the chosen config, weights = safetensors). Steps:
+
+1. latency model: every block of the space, ``calibration_networks`` (<= 10) whole subnets and the
+   baseline are timed interleaved on ``latency.target`` through the measurement service; network
+   latency = sum of blocks, corrected by an affine fit on the whole subnets (cached per target
+   fingerprint). A space without blocks uses a ridge predictor fitted on ``learned_networks`` measured
+   subnets;
+2. supernet: sandwich rule with in-place distillation through the one training loop (cached per phase);
+3. search: ``strategy`` (nsga2 | evolution) and random search, each evaluating ``candidates``
+   distinct subnets that satisfy the constraints (predicted latency, counted MACs/params), accuracy
+   of each from the extracted subnet after BatchNorm recalibration on ``score_split``; candidates are
+   scored through ``executor`` (in-process, process pool, Ray);
+4. up to ``measure_front`` points of the front are extracted and timed end to end (interleaved with the
+   baseline); the most accurate one whose *measured* latency meets the budget is the output. The front,
+   both strategies' hypervolumes and the latency model's error on those measured subnets (MAPE, Kendall
+   tau, share within 10%) go into the record's ``facts["search"]``.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from compress.runtimes.timing import TimingPolicy
+from compress.search.executor import ExecutorConfig
+from compress.search.supernet import SupernetConfig
+from compress.stages.base import TORCH_FLOAT, Stage, StageConfig
+from compress.training import TrainConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compress.artifact import Artifact
+    from compress.context import StageContext
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SpaceConfig(_Strict):
+    family: str = Field("inverted_residual", description="'inverted_residual', 'residual' or the user's "
+                        "'module:callable' returning a compress.search.space.SearchSpace.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Arguments of the space (choices, stages). "
+                                   "Built-in families get in_channels, input_size and num_classes from the "
+                                   "pipeline unless given.")
+
+
+class LatencyModelConfig(_Strict):
+    target: str | None = Field(None, description="Target the model is built on (default: the first target).")
+    timing: TimingPolicy | None = Field(None, description="Timing policy of the table (default: the target's).")
+    calibration_networks: int = Field(8, ge=0, le=10, description="Whole subnets timed with the blocks for the "
+                                      "affine correction (at most 10).")
+    predictor: Literal["auto", "table", "learned"] = Field(
+        "auto", description="'table': sum of blocks + affine; 'learned': ridge on the encoding from measured "
+        "subnets; 'auto': the table when the space has blocks.")
+    learned_networks: int = Field(40, ge=4, description="Measured subnets the learned predictor is fitted on.")
+
+
+class Constraints(_Strict):
+    latency_ms: float | None = Field(None, gt=0, description="Latency budget (ms, p50) on the latency target.")
+    latency_ratio: float | None = Field(None, gt=0, description="Budget as a fraction of the input model's "
+                                        "latency on the latency target.")
+    max_macs: int | None = Field(None, gt=0)
+    max_params: int | None = Field(None, gt=0)
+
+
+class SearchNASConfig(StageConfig):
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=3e-3, threads=1),
+                               description="Supernet training (the one training loop), steps over all phases.")
+    supernet: SupernetConfig = Field(default_factory=SupernetConfig, description="Sandwich rule settings.")
+    latency: LatencyModelConfig = Field(default_factory=LatencyModelConfig)
+    constraints: Constraints = Field(default_factory=Constraints)
+    strategy: Literal["nsga2", "evolution"] = Field("nsga2", description="Search strategy; random search with "
+                                                    "the same number of candidates is always run beside it.")
+    candidates: int = Field(96, ge=4, description="Distinct feasible subnets each strategy evaluates.")
+    population: int = Field(16, ge=2)
+    batch: int = Field(8, ge=1, description="Candidates scored per executor round (fixed, so the result does "
+                       "not depend on the number of workers).")
+    seed: int = 0
+    score_split: Literal["calibration", "train", "eval"] = Field(
+        "calibration", description="Split the candidates' accuracy is measured on during the search (the "
+        "pipeline's eval split stays unseen by default).")
+    bn_batches: int = Field(4, ge=1, description="Training batches (of 64) for each candidate's BatchNorm "
+                            "recalibration.")
+    measure_front: int = Field(12, ge=1, description="Front points extracted and timed end to end.")
+    finetune: TrainConfig | None = Field(None, description="Fine-tune the chosen subnet (labels + KD from the "
+                                         "supernet's largest network when distill is set).")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+
+    @model_validator(mode="after")
+    def _population(self) -> "SearchNASConfig":
+        if self.population > self.candidates:
+            raise ValueError(f"population ({self.population}) must not exceed candidates ({self.candidates})")
+        return self
+
+
+class SearchNAS(Stage):
+    """Hardware-aware NAS: supernet, latency table on the target, evolution/NSGA-II vs random."""
+
+    type: ClassVar[str] = "search.nas"
+    Config = SearchNASConfig
+    accepts = (TORCH_FLOAT,)
+    produces = TORCH_FLOAT
+    summary = "Architecture search on the target: supernet + per-block latency table + NSGA-II/evolution."
+
+    def run(self, artifact: "Artifact", ctx: "StageContext") -> "Artifact":
+        from compress.errors import ConfigError, StageError
+        from compress.search import latency as lat
+        from compress.search.executor import make_executor
+        from compress.search.space import FAMILIES, load_space
+        from compress.search.strategy import hypervolume, pareto_front, run_strategy
+        from compress.search.supernet import candidate_accuracy, eval_payload, train_supernet
+
+        cfg = self.config
+        if ctx.measure is None:
+            raise StageError("search.nas needs the measurement service (run it through `compress run`)")
+        kwargs = dict(cfg.space.kwargs)
+        if cfg.space.family in FAMILIES and len(artifact.input_shape) == 4:
+            kwargs.setdefault("in_channels", artifact.input_shape[1])
+            kwargs.setdefault("input_size", artifact.input_shape[-1])
+            if ctx.dataset.num_classes:
+                kwargs.setdefault("num_classes", ctx.dataset.num_classes)
+        try:
+            space = load_space(cfg.space.family, kwargs, ctx.base_dir)
+        except (ImportError, AttributeError, TypeError, ValueError) as e:
+            raise ConfigError(f"search.nas space: {type(e).__name__}: {e}",
+                              hint="check space.family and space.kwargs") from e
+        target = ctx.measure.target(cfg.latency.target)
+        scratch = ctx.work_dir / "scratch"
+
+        # 1. latency model, timed with the baseline in one interleaved session
+        model, base_ms, lat_facts = self._latency_model(space, artifact, ctx, target, scratch)
+        predict = lambda c: model.predict(space, c)  # noqa: E731
+        budget = min([b for b in (cfg.constraints.latency_ms,
+                                  cfg.constraints.latency_ratio * base_ms if cfg.constraints.latency_ratio else None)
+                      if b is not None], default=None)
+
+        def feasible(c) -> bool:
+            if budget is not None and predict(c) > budget:
+                return False
+            if cfg.constraints.max_macs or cfg.constraints.max_params:
+                counts = model.counts(space, c)
+                if counts is None:
+                    return False
+                if cfg.constraints.max_macs and counts["macs"] > cfg.constraints.max_macs:
+                    return False
+                if cfg.constraints.max_params and counts["params"] > cfg.constraints.max_params:
+                    return False
+            return True
+
+        if not feasible(space.smallest()):
+            raise StageError(f"search.nas: even the smallest subnet breaks the constraints (predicted "
+                             f"{predict(space.smallest()):.3f} ms, budget {budget} ms)",
+                             hint="relax constraints or give the space smaller choices")
+
+        # 2. supernet
+        supernet, sn_hist = train_supernet(space, ctx.dataset, cfg.train, cfg.supernet, cache=ctx.measure.cache,
+                                           key_parts={"data": ctx.dataset.fingerprint}, log=ctx.log,
+                                           progress=ctx.progress)
+
+        # 3. search: strategy and random at the same budget
+        payload = eval_payload(space, supernet, ctx.dataset, split=cfg.score_split, bn_batches=cfg.bn_batches,
+                               bn_batch_size=64)
+        executor = make_executor(cfg.executor)
+        try:
+            evaluate = lambda configs: executor.map(candidate_accuracy, payload, configs)  # noqa: E731
+            opts = dict(budget=cfg.candidates, seed=cfg.seed, batch=cfg.batch, population=cfg.population)
+            runs = {name: run_strategy(name, space, evaluate, predict, feasible, **opts)
+                    for name in (cfg.strategy, "random")}
+        except RuntimeError as e:
+            raise StageError(f"search.nas: {e}") from e
+        finally:
+            executor.close()
+        ref = budget if budget is not None else predict(space.largest())
+        hv = {name: round(hypervolume(h, ref), 6) for name, h in runs.items()}
+        ctx.log(f"{cfg.candidates} candidates each: hypervolume {cfg.strategy} {hv[cfg.strategy]:.4f}, "
+                f"random {hv['random']:.4f} (latency reference {ref:.3f} ms)")
+
+        # 4. measure the front end to end, choose
+        front = pareto_front(runs[cfg.strategy])
+        picks = _spread(front, cfg.measure_front)
+        arts = []
+        for i, cand in enumerate(picks):
+            sub = space.extract(supernet, cand.config)
+            from compress.training import recalibrate_bn
+
+            recalibrate_bn(sub, ctx.dataset, "train", batches=cfg.bn_batches, batch_size=64)
+            arts.append(lat.recipe_artifact(space.recipe(cand.config), artifact.input_shape,
+                                            scratch / f"front{i:03d}", model=sub, producer="search:front"))
+        stats = ctx.measure.latency([artifact, *arts], target, cfg.latency.timing,
+                                    label=f"timing {len(arts)} front subnet(s) and the baseline on {target.name}")
+        # the baseline is timed in both sessions: it anchors the table's timings to this session's machine speed
+        drift = stats[0].p50_ms / base_ms
+        now_budget = min([b for b in (cfg.constraints.latency_ms, cfg.constraints.latency_ratio * stats[0].p50_ms
+                                      if cfg.constraints.latency_ratio else None) if b is not None], default=None)
+        measured = {space.key(c.config): s.p50_ms for c, s in zip(picks, stats[1:])}
+        ok = [c for c in picks if now_budget is None or measured[space.key(c.config)] <= now_budget]
+        if not ok:
+            raise StageError(f"search.nas: none of the {len(picks)} measured front subnets met the budget "
+                             f"({now_budget:.3f} ms) when timed end to end",
+                             hint="the latency model is off on this machine: add calibration_networks or relax")
+        chosen = max(ok, key=lambda c: (c.accuracy, -measured[space.key(c.config)]))
+        chosen_art = arts[picks.index(chosen)]
+        sub = ctx.load_torch(chosen_art)
+        ft_hist = None
+        if cfg.finetune is not None:
+            from compress.training import train
+
+            teacher = None
+            if cfg.finetune.distill is not None:
+                supernet.activate(None)
+                teacher = supernet
+            ft_hist = train(sub, ctx.dataset, cfg.finetune, teacher=teacher)
+        validation = lat.validate([c.latency_ms * drift for c in picks],
+                                  [measured[space.key(c.config)] for c in picks])
+        ctx.log(f"chosen: accuracy {chosen.accuracy:.2f}% ({cfg.score_split}, inherited weights), predicted "
+                f"{chosen.latency_ms:.3f} ms, measured {measured[space.key(chosen.config)]:.3f} ms"
+                + (f" (budget {now_budget:.3f} ms)" if now_budget is not None else "")
+                + f"; latency model on {len(picks)} measured subnets: MAPE {validation.get('mape_pct')}%")
+
+        def point(c, measured_ms=None):
+            ms = measured_ms if measured_ms is not None else c.latency_ms
+            return {"config": c.config, "accuracy": c.accuracy, "latency_ms": round(ms, 4),
+                    "predicted_ms": round(c.latency_ms, 4), "measured": measured_ms is not None}
+
+        facts = {"search": {
+            "space": {"family": cfg.space.family, "kwargs": kwargs, "genes": len(space.choices())},
+            "strategy": cfg.strategy, "candidates": cfg.candidates, "seed": cfg.seed, "score_split": cfg.score_split,
+            "target": target.name, "budget_ms": now_budget, "baseline_ms": round(stats[0].p50_ms, 4),
+            "search_budget_ms": budget, "search_baseline_ms": round(base_ms, 4), "drift": round(drift, 4),
+            "front": [point(c, measured.get(space.key(c.config))) for c in front],
+            "random_front": [point(c) for c in pareto_front(runs["random"])],
+            "hypervolume": hv, "hypervolume_reference": {"latency_ms": ref, "accuracy": 0.0},
+            "latency_model": {**lat_facts, "validation_on_front": validation,
+                              "validation_note": "predictions scaled by the baseline's drift between the table's "
+                              "session and the front's session"},
+            "supernet": sn_hist, "executor": cfg.executor.kind,
+            "chosen": {**point(chosen, measured[space.key(chosen.config)]), "finetune": ft_hist},
+        }}
+        like = replace(artifact, recipe=space.recipe(chosen.config), edits=())
+        from compress.artifact import save_torch
+
+        out = save_torch(sub, ctx.work_dir, like=like, producer=ctx.stage_name, edits=(), facts=facts)
+        out = replace(out, parent=artifact.hash)
+        out.write_manifest()
+        shutil.rmtree(scratch, ignore_errors=True)
+        return out
+
+    # ---------------------------------------------------------------------------------------------
+    def _latency_model(self, space, artifact, ctx, target, scratch):
+        """(model, baseline p50 ms, facts); the table is cached per target fingerprint."""
+        import numpy as np
+
+        from compress.cache import cache_key
+        from compress.runtimes.environment import fingerprint
+        from compress.search import latency as lat
+
+        cfg = self.config.latency
+        env = fingerprint()
+        target_fp = {"target": target.model_dump(mode="json", exclude={"name"}), "cpu": env.get("cpu_model"),
+                     "flags": env.get("cpu_flags"), "cores": env.get("physical_cores"),
+                     "packages": env.get("packages"), "export": ctx.export.model_dump(mode="json")}
+        kind = cfg.predictor
+        if kind == "auto":
+            kind = "table" if space.blocks(space.largest()) else "learned"
+        rng = np.random.default_rng(self.config.seed)
+        n_nets = cfg.calibration_networks if kind == "table" else cfg.learned_networks
+        nets = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(max(n_nets - 2, 0))]
+        nets = nets[:n_nets]
+        key = cache_key(step="search-latency-model", kind=kind, space=space.origin, nets=[space.key(c) for c in nets],
+                        timing=(cfg.timing or target.timing).model_dump(mode="json"), fp=target_fp,
+                        baseline=artifact.hash)
+        hit = ctx.measure.cache.get_json(key)
+        if hit is not None:
+            ctx.log(f"latency model ({kind}) for target '{target.name}': cached")
+            return lat.LatencyModel.from_json(hit["model"]), hit["baseline_ms"], hit["facts"]
+        base = {}
+
+        def measure(arts):
+            stats = ctx.measure.latency([artifact, *arts], target, cfg.timing,
+                                        label=f"latency model: {len(arts)} artifact(s) on {target.name}")
+            base["ms"] = stats[0].p50_ms
+            return stats[1:]
+
+        if kind == "table":
+            model, _ = lat.build(space, measure, scratch / "table", input_shape=artifact.input_shape,
+                                 calibration=nets, log=ctx.log)
+            cal = model.calibration
+            fit = lat.validate([model.a * r["sum_ms"] + model.b for r in cal], [r["measured_ms"] for r in cal])
+            raw = lat.validate([r["sum_ms"] for r in cal], [r["measured_ms"] for r in cal])
+            facts = {"kind": "table", "blocks": len(model.table), "affine": {"a": model.a, "b": model.b},
+                     "calibration_networks": len(cal), "plain_sum_on_calibration": raw,
+                     "affine_on_calibration": fit}
+        else:
+            arts = [lat.recipe_artifact(space.recipe(c), artifact.input_shape, scratch / f"net{i:03d}", seed=i)
+                    for i, c in enumerate(nets)]
+            ms = [s.p50_ms for s in measure(arts)]
+            model = lat.fit_learned(space, nets, ms)
+            facts = {"kind": "learned", "networks": len(nets), "why": "the space has no blocks()"
+                     if self.config.latency.predictor == "auto" else "predictor: learned",
+                     "in_sample": lat.validate([model.predict(space, c) for c in nets], ms)}
+        ctx.log(f"latency model ({facts['kind']}) on '{target.name}': baseline {base['ms']:.3f} ms")
+        ctx.measure.cache.put_json(key, {"model": model.to_json(), "baseline_ms": base["ms"], "facts": facts})
+        return model, base["ms"], facts
+
+
+def _spread(front: list, n: int) -> list:
+    """At most ``n`` points of a latency-sorted front, evenly spread (always both ends)."""
+    if len(front) <= n:
+        return list(front)
+    import numpy as np
+
+    idx = sorted({int(round(i)) for i in np.linspace(0, len(front) - 1, n)})
+    return [front[i] for i in idx]

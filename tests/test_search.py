@@ -1,0 +1,268 @@
+"""The search machinery: weight sharing is exact, the latency sum rule on a synthetic runtime, strategies
+are deterministic under a seed, NSGA-II/hypervolume behave, Ray gives the in-process front."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from compress.search import latency as lat
+from compress.search.space import load_space
+from compress.search.strategy import Candidate, hypervolume, pareto_front, run_strategy
+
+TINY_MB = dict(in_channels=1, num_classes=10, input_size=8, stages=[[8, 1], [12, 2]], stem_channels=8,
+               head_channels=16, depths=[1, 2], expands=[2, 3], kernels=[3, 5], widths=[0.75, 1.0],
+               resolutions=[6, 8])
+
+
+def _perturb_bn(model):
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.weight.shape, generator=g))
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g))
+
+
+@pytest.mark.parametrize("family,kwargs", [
+    ("inverted_residual", TINY_MB),
+    ("residual", dict(input_size=8, stages=[[8, 1], [16, 2]], stem_channels=8, resolutions=[6, 8])),
+])
+def test_extracted_subnet_equals_supernet_with_config_active(family, kwargs):
+    space = load_space(family, kwargs)
+    sup = space.supernet()
+    _perturb_bn(sup)
+    sup.eval()
+    x = torch.randn(3, 1, 8, 8)
+    rng = np.random.default_rng(0)
+    configs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(6)]
+    sizes = set()
+    for c in configs:
+        sup.activate(c)
+        with torch.no_grad():
+            want = sup(x)
+            sub = space.extract(sup, c)
+            got = sub(x)
+        assert torch.allclose(want, got, atol=1e-5), (c, (want - got).abs().max())
+        # a standalone model of plain layers, smaller than the supernet unless it is the largest
+        assert not any(hasattr(m, "active") for m in sub.modules())
+        sizes.add(sum(p.numel() for p in sub.parameters()))
+        # and it rebuilds from its recipe (no pickles) to the same shapes
+        from compress.artifact import import_callable
+
+        rebuilt = import_callable(space.recipe(c)["callable"])(**space.recipe(c)["kwargs"])
+        assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in sub.state_dict().items()}
+    sup.activate(None)
+    assert len(sizes) > 3  # the configs really differ
+    assert max(sizes) == sum(p.numel() for p in sup.parameters())
+
+
+def test_space_operators_and_blocks_cover_every_config():
+    space = load_space("inverted_residual", TINY_MB)
+    rng = np.random.default_rng(1)
+    table = {b.key for b in lat.all_blocks(space)}
+    for _ in range(50):
+        c = space.sample(rng)
+        assert space.canonical(c) == c
+        m = space.mutate(c, rng, 0.0)
+        assert space.key(m) != space.key(c)  # mutation always changes the network
+        assert all(b.key in table for b in space.blocks(c))  # the table has every block a subnet runs
+
+
+# --------------------------------------------------------------------------------------------------
+# the latency sum rule on a synthetic runtime (deterministic: a fake clock advanced by each inference)
+
+CALL_OVERHEAD_S = 2e-6
+
+
+def _graph_cost(path) -> float:
+    """Synthetic cost of one inference: per node 0.5 us + 1 ns per weight element per output pixel."""
+    import onnx
+
+    m = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes = {}
+    for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input):
+        shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    inits = {i.name: math.prod(i.dims) for i in m.graph.initializer}
+    cost = 0.0
+    for node in m.graph.node:
+        pixels = math.prod(shapes.get(node.output[0], [1, 1])[2:]) or 1
+        cost += 0.5e-6 + 1e-9 * sum(inits.get(i, 0) for i in node.input) * pixels
+    return cost
+
+
+@pytest.fixture
+def synthetic_runtime(monkeypatch):
+    from compress.runtimes import base, timing
+    from compress.runtimes.base import Runtime, Session
+
+    clock = [0.0]
+
+    class SynthSession(Session):
+        input_name = "input"
+
+        def __init__(self, path):
+            self.cost = CALL_OVERHEAD_S + _graph_cost(path)
+            self.info = {"runtime": "synthetic"}
+
+        def infer(self, x):
+            clock[0] += self.cost
+            return np.zeros((len(x), 10), np.float32)
+
+        def close(self):
+            pass
+
+    class SynthRuntime(Runtime):
+        name = "synthetic"
+
+        def open(self, onnx_path, target):
+            return SynthSession(onnx_path)
+
+        def versions(self):
+            return {}
+
+        def optimized_op_counts(self, onnx_path, target):
+            return {}
+
+    import sys
+    import types
+
+    mod = types.ModuleType("compress_test_synth_runtime")
+    mod.SynthRuntime = SynthRuntime
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setitem(base.RUNTIMES, "synthetic", f"{mod.__name__}:SynthRuntime")
+    if hasattr(base, "_REQUIRES"):
+        monkeypatch.setitem(base._REQUIRES, "synthetic", "numpy")
+    monkeypatch.setitem(timing.measure_interleaved.__kwdefaults__, "clock", lambda: clock[0])
+    return clock
+
+
+def _measure_service(tmp_path, runtime="synthetic"):
+    from compress.cache import Cache
+    from compress.config import EvaluationConfig, TargetConfig
+    from compress.data import Dataset
+    from compress.export import ExportConfig
+    from compress.measure import Measure
+
+    ds = Dataset.from_arrays(np.random.default_rng(0).standard_normal((32, 1, 8, 8)).astype(np.float32),
+                             np.arange(32) % 10)
+    timing = {"warmup_runs": 1, "warmup_seconds": 0.0, "min_runs": 3, "max_runs": 5, "min_seconds": 0.0,
+              "max_seconds": 10.0, "block": 1}
+    target = TargetConfig(name="synth", runtime=runtime, timing=timing)
+    return Measure(Cache(tmp_path / "cache"), targets=[target], dataset=ds, export=ExportConfig(),
+                   evaluation=EvaluationConfig(), base_dir=tmp_path)
+
+
+def test_latency_sum_rule_on_a_synthetic_runtime(tmp_path, synthetic_runtime):
+    # one resolution: ONNX shape inference (which the synthetic cost uses) cannot size a Resize output
+    space = load_space("inverted_residual", {**TINY_MB, "resolutions": [8]})
+    m = _measure_service(tmp_path)
+    rng = np.random.default_rng(0)
+    calibration = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(6)]
+    holdout = [space.sample(rng) for _ in range(12)]
+    model, rows = lat.build(space, lambda arts: m.latency(arts), tmp_path / "work", input_shape=(1, 1, 8, 8),
+                            calibration=calibration, holdout=holdout)
+    assert model.kind == "table" and len(model.table) == len(lat.all_blocks(space))
+    # each block's entry is its own cost: a network's true cost is the sum of its blocks' node costs
+    plain = lat.validate([r["sum_ms"] for r in rows], [r["measured_ms"] for r in rows])
+    fitted = lat.validate([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])
+    assert plain["bias_pct"] > 0  # each isolated block pays the per-call overhead again: the plain sum is high
+    assert fitted["mape_pct"] < 1.0 and fitted["mape_pct"] < plain["mape_pct"]
+    assert fitted["kendall_tau"] > 0.9
+    assert 0 < model.a <= 1.0 + 1e-6
+    # MACs/params are sums over blocks and match the extracted model's parameter count
+    c = holdout[0]
+    params = sum(p.numel() for p in space.extract(space.supernet(), c).parameters())
+    assert model.counts(space, c)["params"] == params
+
+
+# --------------------------------------------------------------------------------------------------
+# strategies
+
+
+def _toy_problem():
+    space = load_space("inverted_residual", TINY_MB)
+
+    def evaluate(configs):  # a deterministic "accuracy" that grows with capacity, with a twist
+        return [50 + 40 * float(np.mean(space.encode(c))) - 5 * (c["k0_0"] == 5) for c in configs]
+
+    def latency(c):
+        return 1.0 + float(np.dot(space.encode(c), np.linspace(1, 2, len(space.encode(c)))))
+
+    return space, evaluate, latency
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "nsga2", "random"])
+def test_strategies_are_deterministic_under_a_seed(strategy):
+    space, evaluate, latency = _toy_problem()
+    runs = [run_strategy(strategy, space, evaluate, latency, lambda c: latency(c) < 30, budget=40, seed=s,
+                         population=8, batch=4) for s in (3, 3, 4)]
+    keys = [[space.key(c.config) for c in r] for r in runs]
+    assert keys[0] == keys[1]
+    assert keys[0] != keys[2]
+    assert len(runs[0]) == 40 and len(set(keys[0])) == 40  # exactly the budget, all distinct
+
+
+def test_constraints_are_respected_and_nsga2_beats_random_on_a_toy_problem():
+    space, evaluate, latency = _toy_problem()
+    budget = latency(space.largest()) * 0.7
+    hvs = {}
+    for strategy in ("nsga2", "random"):
+        hv = []
+        for seed in range(5):
+            hist = run_strategy(strategy, space, evaluate, latency, lambda c: latency(c) <= budget, budget=96,
+                                seed=seed, population=12, batch=4)
+            assert all(c.latency_ms <= budget for c in hist)
+            hv.append(hypervolume(hist, budget))
+        hvs[strategy] = float(np.median(hv))
+    assert hvs["nsga2"] > hvs["random"]
+
+
+def test_pareto_front_and_hypervolume():
+    pts = [Candidate({"i": i}, a, lt, i) for i, (a, lt) in enumerate([(90, 1.0), (80, 2.0), (95, 2.0), (99, 4.0)])]
+    front = pareto_front(pts)
+    assert [(c.accuracy, c.latency_ms) for c in front] == [(90, 1.0), (95, 2.0), (99, 4.0)]
+    # area: [1,2) x 90 + [2,4) x 95 = 90 + 190 = 280 of 4 x 100
+    assert hypervolume(pts, 4.0) == pytest.approx(280 / 400)
+    assert hypervolume(pts[:1], 4.0) == pytest.approx(3 * 90 / 400)
+
+
+# --------------------------------------------------------------------------------------------------
+# executors
+
+
+def _ray_setup():
+    from compress.data import Dataset
+    from compress.search.supernet import eval_payload
+
+    space = load_space("inverted_residual", TINY_MB)
+    torch.manual_seed(0)
+    sup = space.supernet().eval()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((120, 1, 8, 8)).astype(np.float32)
+    y = (x.mean(axis=(1, 2, 3)) > 0).astype(np.int64) + 2 * (x[:, 0, 0, 0] > 0)
+    ds = Dataset.from_arrays(x, y)
+    return space, eval_payload(space, sup, ds, split="eval", bn_batches=1, bn_batch_size=32)
+
+
+@pytest.mark.integration
+def test_ray_executor_gives_the_in_process_front():
+    pytest.importorskip("ray")
+    from compress.search.executor import InProcess, RayExecutor
+    from compress.search.supernet import candidate_accuracy
+
+    space, payload = _ray_setup()
+    latency = _toy_problem()[2]
+    fronts = []
+    for ex in (InProcess(), RayExecutor(workers=2)):
+        try:
+            hist = run_strategy("nsga2", space, lambda cs: ex.map(candidate_accuracy, payload, cs), latency,
+                                lambda c: True, budget=12, seed=0, population=4, batch=4)
+        finally:
+            ex.close()
+        fronts.append([(space.key(c.config), c.accuracy, c.latency_ms) for c in pareto_front(hist)])
+        assert len({c.accuracy for c in hist}) > 1  # accuracies really come from the subnets
+    assert fronts[0] == fronts[1]
