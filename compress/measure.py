@@ -212,7 +212,7 @@ class Measure:
             for i, dep in enumerate(deps):
                 sess = runtime.open(dep.path("onnx"), target)
                 sessions.append(sess)
-                runners[keys[i]] = sess.runner(_batch(_inputs(x, arts[i]), _fixed_batch(sess) or target.batch_size))
+                runners[keys[i]] = sess.runner(_batch(_inputs(x, deps[i]), _fixed_batch(sess) or target.batch_size))
             desc = label or f"timing {len(runners)} artifact(s) on {target.name} (interleaved)"
             with self._progress(desc, 1000) as bar:
                 stats = measure_interleaved(runners, policy, progress=lambda f: bar.set(f * 1000)
