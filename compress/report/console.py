@@ -13,7 +13,7 @@ from compress.report.markdown import COLUMNS, GATE_COLUMNS, gate_rows, rows
 from compress.report.model import Report
 
 #: the columns shown by default (names from COLUMNS), in order; "target" only when there are several
-COMPACT = ["stage", "target", "accuracy %", "Δ acc", "p50 ms", "speed-up", "size", "precision"]
+COMPACT = ["stage", "target", "accuracy %", "Δ acc", "agree %", "p50 ms", "speed-up", "size"]
 #: shorter headers for the compact table
 SHORT = {"accuracy %": "acc %"}
 _LEFT = ("stage", "type", "target", "precision")
@@ -62,4 +62,4 @@ def print_report(ui, report: Report, path: Path, wide: bool = False) -> None:
     beside = [f for f in ("report.md", "model.onnx") if (path.parent / f).is_file()]
     ui.out.print(f"{status} — report: {path}" + (f" ({' and '.join(beside)} beside it)" if beside else ""))
     if not wide:
-        ui.out.print("[dim](--wide for every column: type, p90, params, MACs, cached)[/dim]")
+        ui.out.print("[dim](--wide for every column: type, cosine, p90, params, MACs, precision, cached)[/dim]")
