@@ -157,6 +157,7 @@ def train(
     threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    used_threads = torch.get_num_threads()  # recorded: float reductions (so the weights) depend on it
     try:
         with torch.random.fork_rng(devices=[]):  # seed here, leave the caller's RNG as it was
             torch.manual_seed(cfg.seed)
@@ -232,7 +233,8 @@ def train(
         checkpoint.unlink(missing_ok=True)
     tail = losses[-max(1, len(losses) // 10):]
     hist: dict[str, Any] = {"steps": step, "planned_steps": steps, "final_loss": round(sum(tail) / len(tail), 6),
-                            "seconds": round(clock() - start, 2), "stopped_early": stopped_early, "kd": use_kd}
+                            "seconds": round(clock() - start, 2), "stopped_early": stopped_early, "kd": use_kd,
+                            "threads": used_threads}
     if resumed is not None:
         hist["resumed_at_step"] = resumed
     if curve:
