@@ -354,6 +354,13 @@ def test_table_fits_80_columns_and_names_only_files_present(tmp_path, warm):
 
     _, first = warm
     rep = Report.model_validate(first)
+    from compress.report.model import GateResult
+
+    rep.gates = [GateResult(metric="speedup", stage="export-long-name", target="ort", op=">=", threshold=1.25,
+                            observed=1.868, ci_low=1.752, ci_high=2.062, confidence=0.95, rounds=33, margin=0.618, unit="x",
+                            passed=True),
+                 GateResult(metric="accuracy_drop", stage="export-long-name", target="ort", op="<=", threshold=1,
+                            observed=None, margin=None, passed=False, detail="accuracy_drop was not measured")]
     for rec in rep.records():  # the widest realistic cells: long names, unstable marks, a failed gate's note
         rec.name = rec.name + "-long-name"
         for m in rec.measurements.values():

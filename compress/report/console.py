@@ -49,7 +49,10 @@ def print_report(ui, report: Report, path: Path, wide: bool = False) -> None:
             gt.add_column(c, overflow="fold")
         for r in grows:
             style = {"PASS": "green", "FAIL": "bold red"}.get(r[0], "bold yellow")
-            gt.add_row(f"[{style}]{r[0]}[/{style}]", *r[1:len(gt.columns)])
+            cells = list(r[1:len(gt.columns)])
+            if not wide:  # the interval stays, its confidence and round count go to --wide / report.md
+                cells[2] = cells[2].split(" (")[0]
+            gt.add_row(f"[{style}]{r[0]}[/{style}]", *cells)
         ui.out.print(gt)
         if not show_note:
             for r in grows:
