@@ -7,6 +7,7 @@ library versions). Layout under the cache root::
                               artifact.json; every file's sha256 is in artifact.json
     results/<key>.json        a JSON result (facts, evaluation, interleaved timing)
     results/<key>.npy         an array (evaluation outputs)
+    checkpoints/<key>/        resume points of a killed training stage (sha256-checked before resuming)
     locks/<key>.lock          the run lock of a key (fcntl ``flock`` via ``filelock``)
     tmp/<key>-<id>            work in progress, renamed into place only when it succeeds
 
@@ -294,11 +295,14 @@ class Cache:
         return removed
 
     def entries(self) -> list[tuple[Path, str, str]]:
-        """Every entry as (path, key, kind) with kind in artifact | json | array."""
+        """Every entry as (path, key, kind) with kind in artifact | checkpoint | json | array."""
         out: list[tuple[Path, str, str]] = []
         arts = self.root / "artifacts"
         if arts.is_dir():
             out += [(p, p.name, "artifact") for p in sorted(arts.iterdir())]
+        ckpt = self.root / "checkpoints"  # a killed training stage's resume points (verified by training.py)
+        if ckpt.is_dir():
+            out += [(p, p.name, "checkpoint") for p in sorted(ckpt.iterdir())]
         res = self.root / "results"
         if res.is_dir():
             for p in sorted(res.iterdir()):
@@ -319,6 +323,8 @@ class Cache:
                     ok += 1
                 except CorruptEntry as e:
                     self._discard(path, str(e))
+            elif kind == "checkpoint":
+                ok += 1  # verified when training resumes from it
             elif kind == "unknown":
                 self._discard(path, "not a cache entry")
             else:

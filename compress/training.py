@@ -173,8 +173,8 @@ def train(
             perm = torch.randperm(n, generator=g)
             pos = 0
             resumed = None
-            if checkpoint is not None and checkpoint.is_file():
-                st = torch.load(checkpoint, weights_only=True)
+            st = _load_checkpoint(checkpoint) if checkpoint is not None else None
+            if st is not None:
                 model.load_state_dict(st["model"])
                 opt.load_state_dict(st["optimizer"])
                 if sched is not None:
@@ -231,6 +231,7 @@ def train(
     model.eval()
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
+        checkpoint.with_name(checkpoint.name + ".sha256").unlink(missing_ok=True)
     tail = losses[-max(1, len(losses) // 10):]
     hist: dict[str, Any] = {"steps": step, "planned_steps": steps, "final_loss": round(sum(tail) / len(tail), 6),
                             "seconds": round(clock() - start, 2), "stopped_early": stopped_early, "kd": use_kd,
@@ -252,6 +253,33 @@ def _save_checkpoint(path: "Path", state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+    from compress.artifact import sha256_file
+
+    path.with_name(path.name + ".sha256").write_text(sha256_file(path) + "\n")
+
+
+def _load_checkpoint(path: "Path") -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it is intact (its sha256 matches the one written after it), else None:
+    a damaged or half-written checkpoint is removed and training starts from step 0 (never resumes from it)."""
+    import logging
+
+    import torch
+
+    from compress.artifact import sha256_file
+
+    if not path.is_file():
+        return None
+    sidecar = path.with_name(path.name + ".sha256")
+    try:
+        if sidecar.read_text().strip() != sha256_file(path):
+            raise ValueError("sha256 mismatch")
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any damage: start over rather than resume from it
+        logging.getLogger("compress").warning("corrupt training checkpoint removed, training from the start: "
+                                              "%s (%s)", path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        path.unlink(missing_ok=True)
+        sidecar.unlink(missing_ok=True)
+        return None
 
 
 def _evaluate(model, dataset, cfg: TrainConfig, step: int, per_epoch: int, losses: list[float],

@@ -390,3 +390,16 @@ def test_table_fits_80_columns_and_names_only_files_present(tmp_path, warm):
     print_report(ui, rep, tmp_path / "report.json", wide=True)
     text = ui.out.export_text()
     assert "MACs" in text and "params" in text and "report.md beside it" in text
+
+
+def test_damaged_training_checkpoint_is_never_resumed_from(tmp_path, caplog):
+    import torch
+
+    from compress.training import _load_checkpoint, _save_checkpoint
+
+    ckpt = tmp_path / "checkpoints" / "k" / "distill.pt"
+    _save_checkpoint(ckpt, {"step": 7, "w": torch.ones(3)})
+    assert _load_checkpoint(ckpt)["step"] == 7
+    _flip(ckpt)
+    assert _load_checkpoint(ckpt) is None and not ckpt.exists()
+    assert "corrupt training checkpoint removed" in caplog.text
