@@ -21,6 +21,7 @@ BUILTIN: dict[str, str] = {
     "prune.magnitude": "compress.stages.prune_magnitude:PruneMagnitude",
     "distill.kd": "compress.stages.distill_kd:DistillKD",
     "search.nas": "compress.stages.search_nas:SearchNAS",
+    "search.darts": "compress.stages.search_darts:SearchDarts",
 }
 
 

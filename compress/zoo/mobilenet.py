@@ -39,9 +39,9 @@ class ConvBNAct(nn.Sequential):
 
 
 class InvertedResidual(nn.Module):
-    """1x1 expand -> 3x3 depthwise -> 1x1 linear projection, residual when shapes match."""
+    """1x1 expand -> kxk depthwise (3x3 in MobileNetV2) -> 1x1 linear projection, residual when shapes match."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int, expand_ratio: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, expand_ratio: int, kernel_size: int = 3) -> None:
         super().__init__()
         hidden = int(round(in_ch * expand_ratio))
         self.use_res = stride == 1 and in_ch == out_ch
@@ -49,7 +49,7 @@ class InvertedResidual(nn.Module):
         if expand_ratio != 1:
             layers.append(ConvBNAct(in_ch, hidden, 1))
         layers += [
-            ConvBNAct(hidden, hidden, 3, stride, groups=hidden),
+            ConvBNAct(hidden, hidden, kernel_size, stride, groups=hidden),
             ConvBNAct(hidden, out_ch, 1, act=None),
         ]
         self.conv = nn.Sequential(*layers)
