@@ -59,7 +59,7 @@ def smoke(cfg: dict, tmp: Path, src: Path) -> dict:
         c = st.get("config") or {}
         if "samples" in c:
             c["samples"] = min(c["samples"] or 32, 32)
-        for block in ("train", "finetune"):
+        for block in ("train", "finetune", "retrain"):  # retrain: search.darts's from-scratch recipe
             if isinstance(c.get(block), dict):
                 c[block] = {**c[block], "steps": 10}
                 c[block].pop("epochs", None)

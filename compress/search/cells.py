@@ -63,18 +63,22 @@ class SepConv(nn.Sequential):
 
 
 class FactorizedReduce(nn.Module):
-    """Halve the resolution with two offset strided 1x1 convolutions (the stride-2 ``skip_connect``)."""
+    """Halve the resolution with two offset strided 1x1 convolutions (the stride-2 ``skip_connect``).
+
+    Each half has its own BatchNorm (per-channel, so the same as one BatchNorm after the concatenation)
+    so that ``transform.fold_bn`` can fold both into their convolutions."""
 
     def __init__(self, c_in: int, c_out: int, affine: bool = True) -> None:
         super().__init__()
         self.relu = nn.ReLU(inplace=False)
         self.conv1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out // 2, affine=affine)
         self.conv2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(c_out, affine=affine)
+        self.bn2 = nn.BatchNorm2d(c_out - c_out // 2, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
-        return self.bn(torch.cat([self.conv1(x), self.conv2(x[:, :, 1:, 1:])], dim=1))
+        return torch.cat([self.bn1(self.conv1(x)), self.bn2(self.conv2(x[:, :, 1:, 1:]))], dim=1)
 
 
 class Zero(nn.Module):
