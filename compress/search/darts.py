@@ -65,9 +65,9 @@ class MixedOp(nn.Module):
 class Supernet(nn.Module):
     """A template network whose edges are :class:`MixedOp`; ``alphas`` holds one parameter row per key."""
 
-    def __init__(self, net: nn.Module, alpha_sizes: dict[str, int], seed: int = 0) -> None:
+    def __init__(self, net: nn.Module, alpha_sizes: dict[str, int], seed: int = 0, space: str = "cells") -> None:
         super().__init__()
-        self.net = net
+        self.net, self.space = net, space
         g = torch.Generator().manual_seed(seed)
         self.alphas = nn.ParameterDict({k: nn.Parameter(1e-3 * torch.randn(n, generator=g), requires_grad=False)
                                         for k, n in alpha_sizes.items()})
@@ -121,7 +121,7 @@ class CellSpace:
         net = cells.CellNetwork(self.num_classes, self.in_channels, self.c, self.layout, self.nodes, wiring,
                                 make_edge, affine=False)
         sizes = {f"{kind}:{e}": len(self.ops) for kind in ("normal", "reduce") for e in range(len(edges))}
-        return Supernet(net, sizes, seed)
+        return Supernet(net, sizes, seed, self.name)
 
     def derive(self, net: Supernet) -> dict[str, list[list[Any]]]:
         """Per node: the two strongest incoming edges, each with its arg-max non-``none`` operation."""
@@ -205,7 +205,7 @@ class InvertedResidualSpace:
                            aux_skip)
 
         net = cells.IRNetwork(self.num_classes, self.in_channels, self.stem, self.stages, self.head, layer)
-        return Supernet(net, {f"layer:{i}": len(c) for i, c in enumerate(self._cands)}, seed)
+        return Supernet(net, {f"layer:{i}": len(c) for i, c in enumerate(self._cands)}, seed, self.name)
 
     def derive(self, net: Supernet) -> list[str]:
         return [c[int(torch.argmax(net.alphas[f"layer:{i}"].detach()))] for i, c in enumerate(self._cands)]
@@ -250,9 +250,8 @@ def probe_shapes(net: Supernet, input_shape: Sequence[int]) -> None:
 
 
 def signature(m: MixedOp, op: str) -> str:
-    """The latency-table key of ``op`` on edge ``m``: the op and its input/output shapes."""
-    h, w = m.in_hw or (0, 0)
-    return f"{op}|{m.c_in}x{h}x{w}|{m.c_out}|s{m.stride}"
+    """The latency-table key of ``op`` on edge ``m`` (the key of its :func:`block`)."""
+    return block(m._net[0].space, m, op).key
 
 
 def attach_latency(net: Supernet, table: dict[str, float], scale: float = 1.0) -> None:
@@ -294,65 +293,64 @@ class LatencyTable:
                 "calibration": self.calibration, "artifacts_timed": self.measured, "seconds": self.seconds}
 
 
-def fit_affine(sums: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
-    """Least squares ``measured ~ a * sum + b`` (one network: the offset only)."""
-    import numpy as np
+class _TableSpace:
+    """The supernet seen by the search stage's table builder (:func:`compress.search.latency.build`): a
+    config is ``{"genotype": ...}`` (its blocks: the operations it keeps) or ``{"all": True}`` (every
+    candidate operation of every edge: the one covering config)."""
 
-    if len(sums) == 1 or np.ptp(sums) == 0:
-        return 1.0, float(np.mean(np.asarray(measured) - np.asarray(sums)))
-    a, b = np.polyfit(np.asarray(sums, float), np.asarray(measured, float), 1)
-    if a <= 0:  # noise swamped the spread of the networks: keep the sum's scale, fit the offset
-        return 1.0, float(np.mean(np.asarray(measured) - np.asarray(sums)))
-    return float(a), float(b)
+    def __init__(self, space, net: Supernet) -> None:
+        self.space, self.net = space, net
+
+    def covering_configs(self) -> list[dict[str, Any]]:
+        return [{"all": True}]
+
+    def blocks(self, config: dict[str, Any]) -> list:
+        pairs = ([(m, op) for m in self.net.mixed() for op in m.candidates] if config.get("all")
+                 else self.space.chosen(self.net, config["genotype"]))
+        return [block(self.space.name, m, op) for m, op in pairs if op != "none"]
+
+    def recipe(self, config: dict[str, Any]) -> dict[str, Any]:
+        return self.space.recipe(config["genotype"])
+
+
+def block(space_name: str, m: MixedOp, op: str):
+    """``op`` on edge ``m`` as a block of the latency table: its stand-alone recipe at its input shape."""
+    from compress.search.space import Block
+
+    return Block(kind=op, recipe={"callable": "compress.search.cells:single_op",
+                                  "kwargs": {"space": space_name, "op": op, "c_in": m.c_in, "c_out": m.c_out,
+                                             "stride": m.stride}},
+                 input_shape=(1, m.c_in, *(m.in_hw or (0, 0))))
 
 
 def build_latency_table(space, net: Supernet, measure: Callable[[list["Artifact"]], list[Any]], work_dir: Path,
                         like: "Artifact", seed: int = 0) -> LatencyTable:
-    """Time every (operation, input shape) of the supernet alone, plus three whole networks (cheapest,
-    dearest and a random genotype, chosen by parameter count before anything is timed), in ONE interleaved
-    ``measure`` call (the stage passes ``ctx.measure.latency``). Entries are each op's p50 in ms; the
-    networks fit ``a * sum + b`` (per-call overhead, stem, pre-processing and head)."""
+    """The search stage's table builder (:func:`compress.search.latency.build`) on this supernet: every
+    (operation, input shape) alone, plus three whole networks (cheapest, dearest and a random genotype,
+    chosen by parameter count before anything is timed) that fit ``measured ~ a * sum + b``, all in ONE
+    interleaved ``measure`` call (the stage passes ``ctx.measure.latency``)."""
     import time
 
     import numpy as np
 
-    from compress.artifact import import_callable, save_torch
+    from compress.search import latency
 
     t0 = time.monotonic()
-    entries: dict[str, tuple[str, MixedOp]] = {}
-    for m in net.mixed():
-        for op in m.candidates:
-            if op != "none":
-                entries.setdefault(signature(m, op), (op, m))
-    arts = []
-
-    def artifact(recipe: dict, shape: tuple[int, ...]) -> "Artifact":
-        stub = replace(like, recipe=recipe, edits=(), input_shape=tuple(shape))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            module = import_callable(recipe["callable"])(**recipe["kwargs"]).eval()
-        return save_torch(module, work_dir / f"{len(arts):03d}", like=stub, edits=(),
-                          producer="search.darts:latency-table")
-
-    keys = sorted(entries)
-    for sig in keys:
-        op, m = entries[sig]
-        arts.append(artifact({"callable": "compress.search.cells:single_op",
-                              "kwargs": {"space": space.name, "op": op, "c_in": m.c_in, "c_out": m.c_out,
-                                         "stride": m.stride}}, (1, m.c_in, *m.in_hw)))
     _latency_by_params(net)
     rng = np.random.default_rng(seed)
     genos = [space.pick(net, how, rng) for how in ("min", "max", "random")]
-    for g in genos:
-        arts.append(artifact(space.recipe(g), tuple(like.input_shape)))
-    p50 = [s.p50_ms for s in measure(arts)]
-    table = {sig: p50[i] for i, sig in enumerate(keys)}
-    sums = [table_sum(space.chosen(net, g), table) for g in genos]
-    nets = p50[len(keys):]
-    a, b = fit_affine(sums, nets)
+    adapter = _TableSpace(space, net)
+    model, _ = latency.build(adapter, measure, work_dir, input_shape=tuple(like.input_shape),
+                             calibration=[{"genotype": g} for g in genos])
+    table = {k: v["ms"] for k, v in model.table.items()}
+    a, b = model.a, model.b
+    if a <= 0:  # noise swamped the spread of the three networks: keep the sum's scale, fit the offset
+        a, b = latency.fit_affine([r["sum_ms"] for r in model.calibration[:1]],
+                                  [r["measured_ms"] for r in model.calibration[:1]])
     attach_latency(net, table, a)
-    cal = [{"genotype": g, "sum_ms": round(s, 5), "measured_ms": round(n, 5)} for g, s, n in zip(genos, sums, nets)]
-    return LatencyTable(table, a, b, cal, len(arts), round(time.monotonic() - t0, 2))
+    cal = [{"genotype": r["config"]["genotype"], "sum_ms": round(r["sum_ms"], 5),
+            "measured_ms": round(r["measured_ms"], 5)} for r in model.calibration]
+    return LatencyTable(table, a, b, cal, len(table) + len(genos), round(time.monotonic() - t0, 2))
 
 
 def _latency_by_params(net: Supernet) -> None:
