@@ -43,6 +43,9 @@ class Artifact:
     file_hashes: dict[str, str]
     input_shape: tuple[int, ...]
     input_name: str = "input"
+    #: every model input, ``[{"name", "shape", "dtype"}]`` (batch axis first); empty: one float32 input
+    #: ``input_name`` of ``input_shape``
+    inputs: tuple[dict[str, Any], ...] = ()
     recipe: dict[str, Any] | None = None  # {"callable": "pkg.mod:fn", "kwargs": {...}}
     edits: tuple[dict[str, Any], ...] = ()  # [{"replay": "pkg.mod:fn", "params": {...}}]
     producer: str = "baseline"
@@ -55,8 +58,18 @@ class Artifact:
 
     @property
     def hash(self) -> str:
-        return sha256_json({"format": self.format, "precision": self.precision, "files": self.file_hashes,
-                            "recipe": self.recipe, "edits": list(self.edits), "input_shape": list(self.input_shape)})
+        parts = {"format": self.format, "precision": self.precision, "files": self.file_hashes,
+                 "recipe": self.recipe, "edits": list(self.edits), "input_shape": list(self.input_shape)}
+        if self.inputs:
+            parts["inputs"] = [dict(i) for i in self.inputs]
+        return sha256_json(parts)
+
+    @property
+    def input_specs(self) -> list[dict[str, Any]]:
+        """Every input as ``{"name", "shape", "dtype"}`` (one float32 input when ``inputs`` is empty)."""
+        if self.inputs:
+            return [dict(i) for i in self.inputs]
+        return [{"name": self.input_name, "shape": list(self.input_shape), "dtype": "float32"}]
 
     def path(self, role: str) -> Path:
         return self.dir / self.files[role]
@@ -80,6 +93,7 @@ class Artifact:
         d["dir"] = folder
         d["input_shape"] = tuple(d["input_shape"])
         d["edits"] = tuple(d["edits"])
+        d["inputs"] = tuple(d.get("inputs") or ())
         art = cls(**d)
         if verify:
             for role, name in art.files.items():
@@ -143,8 +157,69 @@ def save_torch(
     art = Artifact(
         format="torch", precision="float32", dir=folder, files=files,
         file_hashes={r: sha256_file(folder / n) for r, n in files.items()},
-        input_shape=like.input_shape, input_name=like.input_name, recipe=like.recipe,
+        input_shape=like.input_shape, input_name=like.input_name, inputs=like.inputs, recipe=like.recipe,
         edits=like.edits if edits is None else edits, producer=producer, parent=like.hash, facts=facts or {},
+    )
+    art.write_manifest()
+    return art
+
+
+def onnx_external_files(onnx_path: Path) -> list[str]:
+    """Paths (relative to the .onnx file's folder) of the external data files ``onnx_path`` references."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    found: list[str] = []
+
+    def walk(graph) -> None:
+        tensors = list(graph.initializer) + [a.t for n in graph.node for a in n.attribute if a.HasField("t")]
+        for t in tensors:
+            if uses_external_data(t):
+                loc = ExternalDataInfo(t).location
+                if loc not in found:
+                    found.append(loc)
+        for n in graph.node:
+            for a in n.attribute:
+                if a.HasField("g"):
+                    walk(a.g)
+                for g in a.graphs:
+                    walk(g)
+
+    walk(model.graph)
+    for loc in found:
+        p = Path(loc)
+        if p.is_absolute() or ".." in p.parts:
+            raise ValueError(f"{onnx_path}: external data location '{loc}' must be a relative path inside the "
+                             f"model's folder")
+    return found
+
+
+def copy_onnx(src: Path, folder: Path) -> Path:
+    """Copy an ONNX file *and every external data file it references* to ``folder/model.onnx`` (+ the data
+    files at the same relative locations). Returns the new .onnx path."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for loc in onnx_external_files(src):
+        target = folder / loc
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not (src.parent / loc).is_file():
+            raise FileNotFoundError(f"{src} references external data '{loc}', which is missing next to it")
+        shutil.copyfile(src.parent / loc, target)
+    shutil.copyfile(src, folder / ONNX)
+    return folder / ONNX
+
+
+def save_files(folder: Path, files: dict[str, str], *, fmt: str, like: Artifact, producer: str, precision: str,
+               parent: str | None = None, facts: dict[str, Any] | None = None) -> Artifact:
+    """Record files already written in ``folder`` (role -> name) as an artifact of format ``fmt``; sha256 of
+    every file goes into the manifest and the hash."""
+    art = Artifact(
+        format=fmt, precision=precision, dir=folder, files=dict(files),
+        file_hashes={r: sha256_file(folder / n) for r, n in files.items()}, input_shape=like.input_shape,
+        input_name=like.input_name, inputs=like.inputs, producer=producer,
+        parent=like.hash if parent is None else parent, facts=facts or {},
     )
     art.write_manifest()
     return art
@@ -152,13 +227,12 @@ def save_torch(
 
 def save_onnx(onnx_path: Path, folder: Path, *, like: Artifact, producer: str, precision: str,
               facts: dict[str, Any] | None = None) -> Artifact:
-    """Record an ONNX file already written at ``folder/model.onnx`` as an artifact."""
+    """Record an ONNX file already written at ``folder/model.onnx`` as an artifact, together with every
+    external data file it references (the artifact owns them all; sha256 covers them all)."""
     assert onnx_path.parent == folder and onnx_path.name == ONNX, onnx_path
     files = {"onnx": ONNX}
-    art = Artifact(
-        format="onnx", precision=precision, dir=folder, files=files,
-        file_hashes={"onnx": sha256_file(onnx_path)}, input_shape=like.input_shape, input_name=like.input_name,
-        producer=producer, parent=like.hash, facts=facts or {},
-    )
-    art.write_manifest()
-    return art
+    for i, loc in enumerate(onnx_external_files(onnx_path)):
+        if not (folder / loc).is_file():
+            raise FileNotFoundError(f"{onnx_path} references external data '{loc}', which is missing")
+        files[f"onnx_data{i}"] = loc
+    return save_files(folder, files, fmt="onnx", like=like, producer=producer, precision=precision, facts=facts)

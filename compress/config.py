@@ -90,32 +90,75 @@ class ModelConfig(_Strict):
         return ONNX_FLOAT if self.onnx else TORCH_FLOAT
 
 
-class TargetConfig(_Strict):
-    """A runtime to deploy to; every artifact is timed and evaluated on every target."""
+def _runtime_tag(v: Any) -> str:
+    """The discriminator of a target: its ``runtime`` (default ``onnxruntime``)."""
+    if isinstance(v, dict):
+        return str(v.get("runtime", "onnxruntime"))
+    return str(getattr(v, "runtime", "onnxruntime"))
 
-    name: str
-    runtime: str = Field("onnxruntime", description="A registered runtime (compress.runtimes.base.RUNTIMES).")
-    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
-    threads: int = Field(1, ge=0, description="Intra-op threads (0 = runtime default). 1 gives stable timings.")
-    inter_op_threads: int = Field(1, ge=0)
-    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
-    batch_size: int = Field(1, ge=1, description="Batch size for latency.")
-    timing: TimingPolicy = Field(default_factory=TimingPolicy)
 
-    @field_validator("runtime")
-    @classmethod
-    def _known_runtime(cls, v: str) -> str:
-        from compress.runtimes.base import RUNTIMES, available
+@lru_cache(maxsize=1)
+def target_union() -> Any:
+    """``targets:`` items: a union of every registered runtime's options model, discriminated on ``runtime``
+    (default ``onnxruntime``), so every runtime rejects keys it does not know."""
+    from pydantic import Discriminator, Tag
 
-        if v not in RUNTIMES:
-            import difflib
+    from compress.runtimes.base import registry, runtime_class
 
-            close = difflib.get_close_matches(v, list(RUNTIMES), n=1)
-            raise ValueError(f"unknown runtime '{v}': {f'did you mean {close[0]!r}? ' if close else ''}"
-                             f"known: {', '.join(sorted(RUNTIMES))}")
-        if not available(v):
-            raise ValueError(f"runtime '{v}' is registered but its package is not installed")
-        return v
+    models = tuple(Annotated[runtime_class(n).Target, Tag(n)] for n in sorted(registry()))
+    return Annotated[Union[models], Discriminator(_runtime_tag)]
+
+
+def parse_target(raw: dict[str, Any], where: str = "target") -> Any:
+    """Validate one target mapping outside a pipeline (``compress bench``); one-line ConfigError."""
+    from pydantic import TypeAdapter
+
+    from compress.runtimes.base import registry, suggest
+
+    rt = _runtime_tag(raw)
+    if rt not in registry():
+        raise ConfigError(f"{where}.runtime: unknown runtime '{rt}': {suggest(rt)}")
+    try:
+        return TypeAdapter(target_union()).validate_python(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in (where, *_clean_loc(err["loc"])))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key for runtime '{rt}' (`compress schema` lists the keys)"
+        raise ConfigError(f"{loc}: {msg}") from None
+
+
+def _target_keys(runtime: str) -> list[str]:
+    from compress.runtimes.base import runtime_class
+
+    return list(runtime_class(runtime).Target.model_fields)
+
+
+def _check_runtimes(data: dict[str, Any], node: Any, path: Path) -> list[str]:
+    """Unknown or uninstalled runtimes in ``targets:``, with a did-you-mean (before pydantic's union errors)."""
+    from compress.runtimes.base import available, registry, suggest
+
+    problems = []
+    for i, t in enumerate(data.get("targets") or []):
+        if not isinstance(t, dict):
+            continue
+        rt = _runtime_tag(t)
+        pos = _locate(node, ("targets", i, "runtime"))
+        where = f"{path}:{pos[0]}:{pos[1]}" if pos else str(path)
+        if rt not in registry():
+            problems.append(f"{where} targets[{i}].runtime: unknown runtime '{rt}': {suggest(rt)}")
+        elif not available(rt):
+            problems.append(f"{where} targets[{i}].runtime: runtime '{rt}' is registered but its package is not "
+                            f"installed")
+    return problems
+
+
+def default_target() -> Any:
+    """The target when a pipeline names none: ONNX Runtime on CPU, 1 thread, full graph optimization."""
+    from compress.runtimes.onnxruntime import OrtTarget
+
+    return OrtTarget(name="ort-cpu")
 
 
 class EvaluationConfig(_Strict):
@@ -232,8 +275,9 @@ def pipeline_model() -> type[BaseModel]:
         name: str | None = None
         model: ModelConfig
         data: DataConfig = Field(default_factory=DataConfig)
-        targets: list[TargetConfig] = Field(
-            default_factory=lambda: [TargetConfig(name="ort-cpu")], min_length=1)
+        targets: list[target_union()] = Field(  # type: ignore[valid-type]
+            default_factory=lambda: [default_target()], min_length=1,
+            description="Runtimes to measure on; each entry's keys depend on its `runtime`.")
         export: ExportConfig = Field(default_factory=ExportConfig)
         evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
         calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
@@ -262,7 +306,7 @@ def pipeline_model() -> type[BaseModel]:
 
         @field_validator("targets")
         @classmethod
-        def _unique_targets(cls, v: list[TargetConfig]) -> list[TargetConfig]:
+        def _unique_targets(cls, v: list[Any]) -> list[Any]:
             names = [t.name for t in v]
             dup = {n for n in names if names.count(n) > 1}
             if dup:
@@ -317,8 +361,11 @@ def _locate(node: yaml.Node | None, loc: tuple[Any, ...]) -> tuple[int, int] | N
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Drop pydantic's discriminator tags (``stages.0.quantize.ptq.config``) and wrapper names."""
-    types = set(registry())
+    """Drop pydantic's discriminator tags (``stages.0.quantize.ptq.config``, ``targets.0.openvino.threads``)
+    and wrapper names."""
+    from compress.runtimes.base import registry as runtimes
+
+    types = set(registry()) | set(runtimes())
     return tuple(p for p in loc if not (isinstance(p, str) and (p in types or p.startswith("function-"))))
 
 
@@ -438,6 +485,7 @@ def load_pipeline(path: str | Path) -> LoadedConfig:
             pos = _locate(node, ("stages", i, "type"))
             problems.append(f"{path}:{pos[0]}:{pos[1]} stages[{i}].type: unknown stage type "
                             f"'{st['type']}': {suggest(str(st['type']))}")
+    problems += _check_runtimes(data, node, path)
     if not problems:
         try:
             cfg = pipeline_model().model_validate(data)
@@ -455,7 +503,11 @@ def load_pipeline(path: str | Path) -> LoadedConfig:
                     msg = msg[ref.end():]
                 if err["type"] == "extra_forbidden":
                     known = _keys_at(loc[:-1], data)
-                    msg = f"unknown key '{loc[-1]}': {did_you_mean(str(loc[-1]), known)}" + (
+                    runtime = ""
+                    if len(loc) == 3 and loc[0] == "targets" and isinstance(data["targets"][loc[1]], dict):
+                        rt = _runtime_tag(data["targets"][loc[1]])  # each runtime has its own keys
+                        known, runtime = _target_keys(rt), f" for runtime '{rt}'"
+                    msg = f"unknown key '{loc[-1]}'{runtime}: {did_you_mean(str(loc[-1]), known)}" + (
                         f"known keys: {', '.join(known)}" if known else "`compress schema` lists the keys")
                 elif err["type"] == "literal_error" and isinstance(err.get("input"), str):
                     choices = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))

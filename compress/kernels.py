@@ -1,22 +1,18 @@
-"""Which kernels the runtime really runs: integer kernels vs float compute, after ONNX Runtime's own
-graph optimization (CPU, 1 thread, ``graph_optimization: all``). Quantization stages use this to refuse
-output that a runtime would execute as fake-quant in float."""
+"""Which kernels a runtime really runs: integer kernels vs float compute, as the runtime of ``target``
+executes the model (ONNX Runtime: its optimized graph; OpenVINO: the compiled model's runtime layers and
+their execution precisions). Quantization stages use this to refuse output that a runtime would execute
+as fake-quant in float."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-#: op types of ORT's optimized graph that are integer kernels (any domain)
-INTEGER_OPS = frozenset({
-    "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "QLinearAdd", "QLinearMul",
-    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu",
-    "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere", "QAttention", "DynamicQuantizeLinear",
-    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "NhwcQLinearConv", "QLinearConvTranspose"
-})
-#: op types that compute in float (what quantization should have replaced)
-FLOAT_COMPUTE_OPS = frozenset({
-    "Conv", "FusedConv", "NhwcFusedConv", "ConvTranspose", "MatMul", "FusedMatMul", "Gemm", "FusedGemm",
-    "Attention", "MultiHeadAttention",
-})
+from compress.runtimes.onnxruntime import FLOAT_COMPUTE_OPS, INTEGER_OPS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compress.runtimes.base import TargetBase
+
+__all__ = ["integer_kernel_counts", "compute_layers", "INTEGER_OPS", "INTEGER_COMPUTE_OPS", "FLOAT_COMPUTE_OPS"]
 
 
 #: integer op types that do a layer's main compute (a Conv/MatMul/Gemm that really runs in integer)
@@ -30,27 +26,23 @@ def compute_layers(op_counts: dict[str, int]) -> tuple[int, int]:
     """(compute layers running integer kernels, compute layers running in float) of an op histogram
     of a runtime's *optimized* graph: what executes, not what a quantizer annotated. Weight-only
     ``MatMulNBits`` counts as integer (its weights are; its activations are not)."""
-    ints = sum(v for k, v in op_counts.items() if k in INTEGER_COMPUTE_OPS)
-    floats = sum(v for k, v in op_counts.items() if k in FLOAT_COMPUTE_OPS)
+    from compress.runtimes.openvino import COMPUTE_LAYERS, INT_PRECISIONS
+
+    ints = floats = 0
+    for k, v in op_counts.items():
+        layer, _, prec = k.partition("@")  # OpenVINO: "Convolution@u8" (runtime layer @ execution precision)
+        if k in INTEGER_COMPUTE_OPS or (prec and layer in COMPUTE_LAYERS and prec.startswith(INT_PRECISIONS)):
+            ints += v
+        elif k in FLOAT_COMPUTE_OPS or (prec and layer in COMPUTE_LAYERS):
+            floats += v
     return ints, floats
 
 
-def _check_target():
-    """A target-like object for the check: ORT CPU, 1 thread, graph optimization 'all'."""
-    from types import SimpleNamespace
-
-    from compress.runtimes.timing import TimingPolicy
-
-    return SimpleNamespace(name="kernel-check", runtime="onnxruntime", threads=1, inter_op_threads=1,
-                           graph_optimization="all", providers=["CPUExecutionProvider"], batch_size=1,
-                           timing=TimingPolicy())
-
-
-def integer_kernel_counts(onnx_path: Path) -> tuple[dict[str, int], dict[str, int]]:
-    """(integer op -> count, float compute op -> count) in ORT's CPU-optimized graph of ``onnx_path``."""
+def integer_kernel_counts(onnx_path: Path, target: "TargetBase | None" = None) -> tuple[dict[str, int], dict[str, int]]:
+    """(integer kernel -> count, float compute kernel -> count) of ``onnx_path`` on ``target`` (default:
+    ONNX Runtime on CPU with its defaults: 1 thread, graph optimization 'all')."""
     from compress.runtimes import get_runtime
+    from compress.runtimes.onnxruntime import OrtTarget
 
-    ops = get_runtime("onnxruntime").optimized_op_counts(onnx_path, _check_target())
-    ints = {k: v for k, v in ops.items() if k in INTEGER_OPS or k.startswith("QLinear")}
-    floats = {k: v for k, v in ops.items() if k in FLOAT_COMPUTE_OPS}
-    return ints, floats
+    target = target or OrtTarget(name="kernel-check")
+    return get_runtime(target.runtime).integer_kernels(Path(onnx_path), target)

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import onnx
 import pytest
+from pydantic import ValidationError
 from onnx import TensorProto, helper, numpy_helper
 
 from compress.errors import ConfigError, StageError
 from compress.runtimes import RUNTIMES, TimingPolicy, available, get_runtime, measure
 from compress.runtimes.environment import fingerprint
+from compress.runtimes.onnxruntime import OrtTarget
 
 W = (np.arange(12, dtype=np.float32).reshape(4, 3) / 10.0) - 0.5
 B = np.array([0.1, -0.2, 0.3], dtype=np.float32)
@@ -39,14 +40,14 @@ def tiny_model(tmp_path_factory) -> Path:
     return path
 
 
-def target(level: str = "all", providers=("CPUExecutionProvider",), **kw) -> SimpleNamespace:
+def target(level: str = "all", providers=("CPUExecutionProvider",), **kw) -> OrtTarget:
     base = dict(
         name="cpu-1t", runtime="onnxruntime", threads=1, inter_op_threads=1,
         graph_optimization=level, providers=list(providers), batch_size=2,
         timing=TimingPolicy(),
     )
     base.update(kw)
-    return SimpleNamespace(**base)
+    return OrtTarget(**base)
 
 
 def reference(x: np.ndarray) -> np.ndarray:
@@ -111,8 +112,11 @@ def test_missing_provider_names_the_available_ones(tiny_model):
 
 def test_bad_inputs(tiny_model, tmp_path):
     rt = get_runtime("onnxruntime")
-    with pytest.raises(ConfigError, match="graph_optimization"):
-        rt.open(tiny_model, target("turbo"))
+    with pytest.raises(ValidationError, match="graph_optimization"):  # typed options: rejected on construction
+        target("turbo")
+    with pytest.raises(ConfigError, match="graph_optimization"):  # and by the runtime if constructed unchecked
+        rt.open(tiny_model, OrtTarget.model_construct(name="x", graph_optimization="turbo", threads=1,
+                                                      inter_op_threads=1, providers=["CPUExecutionProvider"]))
     with pytest.raises(StageError, match="not found"):
         rt.open(tmp_path / "missing.onnx", target())
     junk = tmp_path / "junk.onnx"

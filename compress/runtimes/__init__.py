@@ -1,9 +1,18 @@
-"""Measurement layer: one shared timing loop plus lazily imported runtime backends.
+"""Measurement layer: one shared timing loop plus runtime plug-ins (see :mod:`compress.runtimes.base`).
 
-Importing this package pulls in neither numpy nor onnxruntime nor torch; a backend
-module is imported only by :func:`get_runtime`.
+Importing this package pulls in neither numpy nor onnxruntime, openvino or torch; a runtime imports its
+library inside its methods.
 """
-from compress.runtimes.base import RUNTIMES, Runtime, Session, available, get_runtime
+from compress.runtimes.base import (
+    RUNTIMES,
+    Runtime,
+    Session,
+    TargetBase,
+    available,
+    get_runtime,
+    registry,
+    runtime_class,
+)
 from compress.runtimes.timing import LatencyStats, TimingPolicy, measure, measure_interleaved
 
 __all__ = [
@@ -13,7 +22,10 @@ __all__ = [
     "measure_interleaved",
     "Runtime",
     "Session",
+    "TargetBase",
     "RUNTIMES",
+    "registry",
+    "runtime_class",
     "get_runtime",
     "available",
 ]

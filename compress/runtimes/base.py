@@ -1,42 +1,94 @@
-"""Runtime / Session interfaces and the lazy runtime registry.
+"""Runtime / Session interfaces, typed target options and the lazy runtime registry.
 
-Light on purpose: no numpy, onnxruntime or torch at import time.  A concrete
-runtime module is imported only when :func:`get_runtime` asks for it.
+A *runtime* is a plug-in: a :class:`Runtime` subclass with a ``name``, the artifact ``formats`` it runs
+(``onnx``, ``torch``), and its own options model ``Target`` (a :class:`TargetBase` subclass whose
+``runtime`` field is ``Literal[name]``). A pipeline's ``targets:`` entry is validated against the union
+of every registered runtime's ``Target``, discriminated on ``runtime``, so each runtime rejects keys it
+does not know. Built-in runtimes are listed in :data:`BUILTIN`; third-party ones register under the
+``compress.runtimes`` entry-point group (``[project.entry-points."compress.runtimes"]``, name -> the
+``module:Class`` of a Runtime).
 
-``target`` (see the lead's config) is any object with at least: ``name``,
-``runtime``, ``threads`` (intra-op), ``inter_op_threads``, ``graph_optimization``
-(``"disable" | "basic" | "extended" | "all"``), ``providers`` (list of str),
-``batch_size`` and ``timing`` (a :class:`~compress.runtimes.timing.TimingPolicy`).
+Light on purpose: runtime *modules* import their library (onnxruntime, openvino, torch) only inside
+methods, so that config validation can read every ``Target`` model without loading them.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from compress.errors import ConfigError
+from compress.runtimes.timing import TimingPolicy
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-__all__ = ["Session", "Runtime", "RUNTIMES", "get_runtime", "available"]
+    from compress.artifact import Artifact
+
+__all__ = ["Session", "Runtime", "TargetBase", "RUNTIMES", "BUILTIN", "registry", "runtime_class",
+           "get_runtime", "available", "Feeds", "as_feeds"]
+
+#: one model input: an array, or a mapping input name -> array
+Feeds = Union["np.ndarray", Mapping[str, "np.ndarray"]]
+
+
+class TargetBase(BaseModel):
+    """What every target has, whatever its runtime. A runtime's ``Target`` adds its own options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., description="Target name (report column group, gate `target:`).")
+    runtime: str = Field(..., description="A registered runtime (see `compress stages`).")
+    batch_size: int = Field(1, ge=1, description="Batch size for latency.")
+    timing: TimingPolicy = Field(default_factory=TimingPolicy)
+
+    def options(self) -> dict[str, Any]:
+        """The runtime options only (what changes how the model runs; not name, batch size or timing)."""
+        return self.model_dump(mode="json", exclude={"name", "batch_size", "timing"})
+
+
+def as_feeds(x: Feeds, names: list[str]) -> dict[str, "np.ndarray"]:
+    """``x`` as ``{input name: array}``: a mapping passes through (checked), an array feeds the only input."""
+    if isinstance(x, Mapping):
+        missing = [n for n in names if n not in x]
+        if missing:
+            raise ConfigError(f"the model needs input(s) {', '.join(missing)} but the data gives "
+                              f"{', '.join(x) or 'none'}", hint="name the data's arrays after the model inputs "
+                              "(model.inputs)")
+        return {n: x[n] for n in names}
+    if len(names) != 1:
+        raise ConfigError(f"the model has {len(names)} inputs ({', '.join(names)}) but the data gives one array",
+                          hint="give one named array per input (model.inputs)")
+    return {names[0]: x}
 
 
 class Session(ABC):
-    """An opened model, ready to run inference on one input tensor."""
+    """An opened model, ready to run inference. ``inputs``: ``[{name, shape, dtype}]`` as the runtime sees them."""
 
-    input_name: str
-    #: what the session actually runs with: provider(s), optimization level, threads, runtime version...
+    inputs: list[dict[str, Any]]
+    #: what the session actually runs with: provider(s), precision, threads, runtime version...
     info: dict[str, Any]
 
-    @abstractmethod
-    def infer(self, x: "np.ndarray") -> "np.ndarray":
-        """Run the model on ``x``; return its first output."""
+    @property
+    def input_name(self) -> str:
+        return self.inputs[0]["name"]
 
-    def runner(self, x: "np.ndarray") -> Callable[[], object]:
+    @property
+    def input_names(self) -> list[str]:
+        return [i["name"] for i in self.inputs]
+
+    @abstractmethod
+    def infer(self, x: Feeds) -> "np.ndarray":
+        """Run the model on ``x`` (an array for a one-input model, or name -> array); return its first output."""
+
+    def runner(self, x: Feeds) -> Callable[[], object]:
         """A zero-argument callable doing one inference on ``x``, for the timing loop.
 
         Subclasses may override to pre-bind feeds and skip per-call overhead.
@@ -55,49 +107,125 @@ class Session(ABC):
 
 
 class Runtime(ABC):
-    """A backend that can open ONNX files for a target."""
+    """A backend that runs artifacts of ``formats`` for a target of type ``Target``."""
 
     name: ClassVar[str]
+    #: the options model of this runtime's targets (``runtime: Literal[name]``, ``extra="forbid"``)
+    Target: ClassVar[type[TargetBase]]
+    #: artifact formats it runs; others are "n/a" on its targets (not an error)
+    formats: ClassVar[tuple[str, ...]] = ("onnx",)
+    #: the Python module that must be importable for this runtime to be available
+    requires: ClassVar[str | None] = None
+    summary: ClassVar[str] = ""
+
+    def runs(self, fmt: str) -> bool:
+        return fmt in self.formats
+
+    def prepare(self, artifact: "Artifact", target: TargetBase, work_dir: Path) -> "Artifact | None":
+        """Convert/compile ``artifact`` for ``target`` into ``work_dir`` before :meth:`open` (cached by the
+        measurement service on the artifact, the runtime's versions and :meth:`prepare_key`); ``None``:
+        nothing to prepare, open the artifact as it is."""
+        return None
+
+    def prepare_key(self, target: TargetBase) -> dict[str, Any] | None:
+        """The parts of ``target`` that change :meth:`prepare`'s output; ``None``: this runtime prepares nothing."""
+        return None
 
     @abstractmethod
-    def open(self, onnx_path: Path, target: Any) -> Session:
-        """Open ``onnx_path`` configured for ``target`` (threads, optimization, providers)."""
+    def open(self, model: "Artifact | Path", target: TargetBase, *, base_dir: Path | None = None) -> Session:
+        """Open ``model`` (an artifact of one of ``formats``, or an ONNX path) configured for ``target``.
+        ``base_dir`` is where a torch artifact's user modules live."""
 
     @abstractmethod
     def versions(self) -> dict[str, str]:
         """Versions of the packages this runtime depends on."""
 
-    @abstractmethod
-    def optimized_op_counts(self, onnx_path: Path, target: Any) -> dict[str, int]:
-        """Op types (-> count) in the graph *after* the runtime's own graph optimization."""
+    def optimized_op_counts(self, model: "Artifact | Path", target: TargetBase) -> dict[str, int]:
+        """Op/layer types (-> count) the runtime really executes, after its own graph optimization."""
+        return {}
+
+    def integer_kernels(self, model: "Artifact | Path", target: TargetBase) -> tuple[dict[str, int], dict[str, int]]:
+        """(integer kernels -> count, float compute kernels -> count) as this runtime executes ``model``."""
+        return {}, {}
 
 
-#: runtime name -> "module:Class", imported lazily by :func:`get_runtime`
-RUNTIMES: dict[str, str] = {"onnxruntime": "compress.runtimes.onnxruntime:OnnxRuntime"}
+def onnx_path(model: "Artifact | Path") -> Path:
+    """The ONNX file of ``model`` (an artifact with an ``onnx`` file, or a path)."""
+    if isinstance(model, (str, Path)):
+        return Path(model)
+    if model.format != "onnx":
+        raise ConfigError(f"artifact {model.hash[:12]} is {model.format}, not ONNX")
+    return model.path("onnx")
 
-#: runtime name -> the third-party module it needs (default: the runtime name)
-_REQUIRES: dict[str, str] = {"onnxruntime": "onnxruntime"}
+
+#: built-in runtime name -> "module:Class", imported lazily
+BUILTIN: dict[str, str] = {
+    "onnxruntime": "compress.runtimes.onnxruntime:OnnxRuntime",
+    "openvino": "compress.runtimes.openvino:OpenVino",
+    "torch": "compress.runtimes.torch:TorchRuntime",
+}
+
+
+@lru_cache(maxsize=1)
+def registry() -> dict[str, str]:
+    """Built-in runtimes plus plugins registered under the ``compress.runtimes`` entry-point group."""
+    from importlib.metadata import entry_points
+
+    table = dict(BUILTIN)
+    for ep in entry_points(group="compress.runtimes"):
+        table.setdefault(ep.name, ep.value)
+    return table
+
+
+class _Registry(Mapping):
+    """Read-only live view of :func:`registry` (kept for ``from compress.runtimes import RUNTIMES``)."""
+
+    def __getitem__(self, k: str) -> str:
+        return registry()[k]
+
+    def __iter__(self):
+        return iter(registry())
+
+    def __len__(self) -> int:
+        return len(registry())
+
+
+RUNTIMES: Mapping[str, str] = _Registry()
+
+
+def suggest(name: str) -> str:
+    close = difflib.get_close_matches(name, list(registry()), n=1, cutoff=0.5)
+    known = ", ".join(sorted(registry()))
+    return f"did you mean '{close[0]}'? known: {known}" if close else f"known: {known}"
+
+
+def runtime_class(name: str) -> type[Runtime]:
+    """The Runtime class registered as ``name`` (its module is light: no runtime library is imported)."""
+    table = registry()
+    if name not in table:
+        raise ConfigError(f"unknown runtime {name!r}: {suggest(name)}")
+    module_name, _, cls_name = table[name].partition(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    if getattr(cls, "name", None) != name:
+        raise ConfigError(f"runtime plug-in {table[name]} is registered as {name!r} but its name is "
+                          f"{getattr(cls, 'name', None)!r}")
+    return cls
 
 
 def available(name: str) -> bool:
-    """Whether runtime ``name`` is registered and its package is installed (nothing is imported)."""
-    if name not in RUNTIMES:
+    """Whether runtime ``name`` is registered and its package is installed (the library is not imported)."""
+    if name not in registry():
         return False
     try:
-        return importlib.util.find_spec(_REQUIRES.get(name, name)) is not None
-    except (ImportError, ValueError):
+        req = runtime_class(name).requires
+        return req is None or importlib.util.find_spec(req) is not None
+    except (ImportError, ValueError, ConfigError, AttributeError):
         return False
 
 
 def get_runtime(name: str) -> Runtime:
-    """Instantiate the runtime registered as ``name``, importing its module now."""
-    if name not in RUNTIMES:
-        raise ConfigError(
-            f"unknown runtime {name!r}", hint=f"known runtimes: {', '.join(sorted(RUNTIMES))}"
-        )
+    """Instantiate the runtime registered as ``name``."""
+    cls = runtime_class(name)
     if not available(name):
-        pkg = _REQUIRES.get(name, name)
-        raise ConfigError(f"runtime {name!r} is not installed", hint=f"pip install {pkg}")
-    module_name, _, cls_name = RUNTIMES[name].partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
+        raise ConfigError(f"runtime {name!r} is not installed", hint=f"pip install {cls.requires}")
     return cls()

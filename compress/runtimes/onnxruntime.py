@@ -1,105 +1,145 @@
-"""ONNX Runtime backend. Imported only at run time (via ``get_runtime("onnxruntime")``)."""
+"""ONNX Runtime backend (``runtime: onnxruntime``). onnxruntime is imported inside methods only.
+
+Integer execution is verified on ORT's *optimized* graph (written with ``optimized_model_filepath``):
+``QLinearConv``/``MatMulInteger``/``MatMulNBits``... are integer kernels, ``Conv``/``MatMul``/``Gemm`` float.
+"""
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import onnxruntime as ort
+from pydantic import Field
 
 from compress.errors import ConfigError, StageError
-from compress.runtimes.base import Runtime, Session
+from compress.runtimes.base import Feeds, Runtime, Session, TargetBase, as_feeds, onnx_path
 
-__all__ = ["OnnxRuntime", "OrtSession", "OPT_LEVELS"]
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import onnxruntime as ort
 
-log = logging.getLogger(__name__)
+    from compress.artifact import Artifact
 
-OPT_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
+__all__ = ["OnnxRuntime", "OrtSession", "OrtTarget", "INTEGER_OPS", "FLOAT_COMPUTE_OPS"]
 
-_DEFAULT_PROVIDERS = ["CPUExecutionProvider"]
+#: op types of ORT's optimized graph that are integer kernels (any domain)
+INTEGER_OPS = frozenset({
+    "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "QLinearAdd", "QLinearMul",
+    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu",
+    "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere", "QAttention", "DynamicQuantizeLinear",
+    "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "NhwcQLinearConv", "QLinearConvTranspose",
+})
+#: op types that compute in float (what quantization should have replaced)
+FLOAT_COMPUTE_OPS = frozenset({
+    "Conv", "FusedConv", "NhwcFusedConv", "ConvTranspose", "MatMul", "FusedMatMul", "Gemm", "FusedGemm",
+    "Attention", "MultiHeadAttention",
+})
+_LEVELS = ("disable", "basic", "extended", "all")
 
 
-def _providers(target: Any) -> list[str]:
-    requested = list(getattr(target, "providers", None) or _DEFAULT_PROVIDERS)
+class OrtTarget(TargetBase):
+    """An ONNX Runtime target."""
+
+    runtime: Literal["onnxruntime"] = "onnxruntime"
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"],
+                                 description="Execution providers in order; a requested one that is not used fails.")
+    threads: int = Field(1, ge=0, description="Intra-op threads (0 = runtime default). 1 gives stable timings.")
+    inter_op_threads: int = Field(1, ge=0)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+def _opt_level(level: str) -> "ort.GraphOptimizationLevel":
+    import onnxruntime as ort
+
+    return {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+
+
+def _providers(target: OrtTarget) -> list[str]:
+    import onnxruntime as ort
+
+    requested = list(target.providers)
     have = ort.get_available_providers()
     missing = [p for p in requested if p not in have]
     if missing:
         raise ConfigError(
-            f"target {getattr(target, 'name', '?')!r}: execution provider(s) {', '.join(missing)} "
+            f"target {target.name!r}: execution provider(s) {', '.join(missing)} "
             f"not available in onnxruntime {ort.__version__}",
             hint=f"available providers: {', '.join(have)}",
         )
     return requested
 
 
-def _session_options(target: Any) -> ort.SessionOptions:
-    level = getattr(target, "graph_optimization", "all")
-    if level not in OPT_LEVELS:
-        raise ConfigError(
-            f"target {getattr(target, 'name', '?')!r}: unknown graph_optimization {level!r}",
-            hint=f"one of: {', '.join(OPT_LEVELS)}",
-        )
+def session_options(target: OrtTarget) -> "ort.SessionOptions":
+    import onnxruntime as ort
+
+    if target.graph_optimization not in _LEVELS:  # a model_construct'ed target skips validation
+        raise ConfigError(f"target {target.name!r}: unknown graph_optimization {target.graph_optimization!r}",
+                          hint=f"one of: {', '.join(_LEVELS)}")
     so = ort.SessionOptions()
-    so.intra_op_num_threads = int(getattr(target, "threads", 0))
-    so.inter_op_num_threads = int(getattr(target, "inter_op_threads", 0))
+    so.intra_op_num_threads = int(target.threads)
+    so.inter_op_num_threads = int(target.inter_op_threads)
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = OPT_LEVELS[level]
+    so.graph_optimization_level = _opt_level(target.graph_optimization)
     so.log_severity_level = 3  # errors only; ORT warnings would drown the CLI output
     return so
 
 
-def _create(onnx_path: Path, target: Any, so: ort.SessionOptions) -> tuple[ort.InferenceSession, list[str]]:
-    onnx_path = Path(onnx_path)
+def _create(path: Path, target: OrtTarget, so: "ort.SessionOptions") -> tuple["ort.InferenceSession", list[str]]:
+    import onnxruntime as ort
+
     providers = _providers(target)
-    if not onnx_path.is_file():
-        raise StageError(f"ONNX model not found: {onnx_path}")
-    try:
-        sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=providers)
+    if not path.is_file():
+        raise StageError(f"ONNX model not found: {path}")
+    try:  # a path (not bytes) so that external data next to the file is found
+        sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
     except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types
-        raise StageError(f"onnxruntime could not load {onnx_path}: {e}") from e
+        raise StageError(f"onnxruntime could not load {path}: {str(e).strip().splitlines()[0] if str(e) else e}") \
+            from e
     used = sess.get_providers()
     fell_back = [p for p in providers if p not in used]
     if fell_back:
         raise StageError(
-            f"onnxruntime did not use requested provider(s) {', '.join(fell_back)} for {onnx_path}; "
+            f"onnxruntime did not use requested provider(s) {', '.join(fell_back)} for {path}; "
             f"it runs with {', '.join(used)}",
             hint="check the provider's drivers/libraries, or change target.providers",
         )
     return sess, providers
 
 
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+               "tensor(int32)": "int32", "tensor(bool)": "bool", "tensor(double)": "float64",
+               "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+
+
 class OrtSession(Session):
-    def __init__(self, sess: ort.InferenceSession, info: dict[str, Any]):
+    def __init__(self, sess: "ort.InferenceSession", info: dict[str, Any]):
         self._sess = sess
-        inputs = sess.get_inputs()
         outputs = sess.get_outputs()
-        self.input_name = inputs[0].name
+        self.inputs = [{"name": i.name, "shape": list(i.shape), "dtype": _ORT_DTYPES.get(i.type, i.type)}
+                       for i in sess.get_inputs()]
         self._output_names = [outputs[0].name]
         self.info = {
             **info,
             "input_name": self.input_name,
-            "input_shape": list(inputs[0].shape),
-            "input_type": inputs[0].type,
+            "input_shape": list(self.inputs[0]["shape"]),
+            "input_type": sess.get_inputs()[0].type,
+            "inputs": self.inputs,
             "output_name": outputs[0].name,
         }
 
-    def infer(self, x: np.ndarray) -> np.ndarray:
+    def infer(self, x: Feeds) -> "np.ndarray":
         if self._sess is None:
             raise StageError("inference on a closed onnxruntime session")
-        return self._sess.run(self._output_names, {self.input_name: x})[0]
+        return self._sess.run(self._output_names, as_feeds(x, self.input_names))[0]
 
-    def runner(self, x: np.ndarray) -> Callable[[], object]:
-        run, outs, feed = self._sess.run, self._output_names, {self.input_name: x}
+    def runner(self, x: Feeds) -> Callable[[], object]:
+        run, outs, feed = self._sess.run, self._output_names, as_feeds(x, self.input_names)
         return lambda: run(outs, feed)
 
     def close(self) -> None:
@@ -108,16 +148,22 @@ class OrtSession(Session):
 
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
+    Target = OrtTarget
+    formats = ("onnx",)
+    requires = "onnxruntime"
+    summary = "ONNX Runtime (providers, threads, graph optimization level)"
 
-    def open(self, onnx_path: Path, target: Any) -> OrtSession:
-        so = _session_options(target)
-        sess, requested = _create(onnx_path, target, so)
+    def open(self, model: "Artifact | Path", target: OrtTarget, *, base_dir: Path | None = None) -> OrtSession:
+        import onnxruntime as ort
+
+        so = session_options(target)
+        sess, requested = _create(onnx_path(model), target, so)
         info = {
             "runtime": self.name,
             "runtime_version": ort.__version__,
             "providers": sess.get_providers(),
             "providers_requested": requested,
-            "graph_optimization": getattr(target, "graph_optimization", "all"),
+            "graph_optimization": target.graph_optimization,
             "intra_op_threads": so.intra_op_num_threads,
             "inter_op_threads": so.inter_op_num_threads,
             "execution_mode": "sequential",
@@ -125,6 +171,8 @@ class OnnxRuntime(Runtime):
         return OrtSession(sess, info)
 
     def versions(self) -> dict[str, str]:
+        import onnxruntime as ort
+
         out = {"onnxruntime": ort.__version__}
         try:
             out["onnx"] = importlib.metadata.version("onnx")
@@ -132,21 +180,31 @@ class OnnxRuntime(Runtime):
             pass
         return out
 
-    def optimized_op_counts(self, onnx_path: Path, target: Any) -> dict[str, int]:
+    def optimize(self, model: "Artifact | Path", target: OrtTarget, out: Path) -> Path:
+        """Write ORT's optimized graph of ``model`` for ``target`` to ``out`` (what ORT will execute)."""
+        so = session_options(target)
+        so.optimized_model_filepath = str(out)
+        sess, _ = _create(onnx_path(model), target, so)
+        del sess
+        if not out.is_file():
+            raise StageError(f"onnxruntime wrote no optimized model for {onnx_path(model)}")
+        return out
+
+    def optimized_op_counts(self, model: "Artifact | Path", target: OrtTarget) -> dict[str, int]:
         import onnx
 
-        so = _session_options(target)
         with tempfile.TemporaryDirectory(prefix="compress-ort-opt-") as tmp:
-            out = Path(tmp) / "optimized.onnx"
-            so.optimized_model_filepath = str(out)
-            sess, _ = _create(onnx_path, target, so)
-            del sess
-            if not out.is_file():
-                raise StageError(f"onnxruntime wrote no optimized model for {onnx_path}")
-            model = onnx.load(str(out), load_external_data=False)
+            out = self.optimize(model, target, Path(tmp) / "optimized.onnx")
+            graph = onnx.load(str(out), load_external_data=False).graph
         counts: Counter[str] = Counter()
-        _count_ops(model.graph, counts)
+        _count_ops(graph, counts)
         return dict(sorted(counts.items()))
+
+    def integer_kernels(self, model: "Artifact | Path", target: OrtTarget) -> tuple[dict[str, int], dict[str, int]]:
+        ops = self.optimized_op_counts(model, target)
+        ints = {k: v for k, v in ops.items() if k in INTEGER_OPS or k.startswith("QLinear")}
+        floats = {k: v for k, v in ops.items() if k in FLOAT_COMPUTE_OPS}
+        return ints, floats
 
 
 def _count_ops(graph: Any, counts: Counter[str]) -> None:
