@@ -26,7 +26,6 @@ from compress.errors import ConfigError
 from compress.export import ExportConfig
 from compress.report.metrics import METRICS
 from compress.report.metrics import names as metric_names
-from compress.runtimes.timing import TimingPolicy
 from compress.stages import get_stage, registry, suggest
 from compress.stages.base import ONNX_FLOAT, TORCH_FLOAT
 from compress.training import TrainConfig
