@@ -5,6 +5,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from compress.data.text import TextConfig
 from compress.errors import ConfigError
 
 SPLIT_NAMES = ("train", "calibration", "eval")
@@ -55,8 +56,10 @@ class ArrayOptions(BaseModel):
 class DataConfig(ArrayOptions):
     """Where the samples come from and how they are prepared and split (see the module docstring)."""
 
-    source: Literal["digits", "npz", "image_folder", "callable"] = Field(
-        "digits", description="digits (sklearn, offline), npz file, image_folder, or a Python callable.")
+    source: Literal["digits", "npz", "image_folder", "callable", "text"] = Field(
+        "digits", description="digits (sklearn, offline), npz file, image_folder, a Python callable, or text "
+        "(real sentences from Python's own stdlib docstrings, tokenised offline: input_ids + attention_mask).")
+    text: TextConfig | None = Field(None, description="data.source: text only: packages, seq_len, vocab_size.")
     path: str | None = Field(None, description="The .npz file or image folder; relative paths resolve against "
                              "the pipeline file's folder.")
     callable: str | None = Field(None, description="'module:function' returning (x, y) or a dataset of (x, y) "
@@ -64,7 +67,8 @@ class DataConfig(ArrayOptions):
     x_key: str = Field("x", description="Array name of the samples in the .npz file; when not set, the first of "
                        "x, images, inputs, X, data, samples present.")
     y_key: str = Field("y", description="Array name of the labels in the .npz file; when not set, the first of "
-                       "y, labels, label, targets, target, Y present (none: the run is label-free and says so).")
+                       "y, labels, label, targets, target, Y present (none: the run is label-free and says so). With named "
+                       "model.inputs the other arrays are matched to the inputs by name.")
 
     @model_validator(mode="after")
     def _source_fields(self) -> "DataConfig":
@@ -87,7 +91,11 @@ class DataConfig(ArrayOptions):
         elif self.callable is not None:
             raise ValueError(f"data.callable is not used when data.source is '{src}': remove it, or set "
                              f"data.source: callable")
-        if src in ("digits", "image_folder") and self.layout == "NHWC":
+        if self.text is not None and src != "text":
+            raise ValueError(f"data.text is used only when data.source is 'text' (it is '{src}'): remove it")
+        if src == "text" and self.text is None:
+            self.text = TextConfig()
+        if src in ("digits", "image_folder", "text") and self.layout == "NHWC":
             raise ValueError(f"data.layout applies to npz/callable arrays only; remove it for data.source '{src}'")
         return self
 

@@ -34,6 +34,9 @@ class Dataset:
     fingerprint: str
     source_desc: str
     classes: list[str] | None = field(default=None)  # class names (image folders), index = label
+    #: named model inputs (multi-input or integer models): input name -> array, first axis N, dtypes kept
+    #: as given (integer inputs are never cast or normalised); ``x`` is then the first of them
+    inputs: dict[str, np.ndarray] | None = field(default=None)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -76,6 +79,22 @@ class Dataset:
         if name not in self.splits:
             raise ConfigError(f"unknown data split '{name}': use one of {', '.join(self.splits)}")
         return self.splits[name]
+
+    @property
+    def input_names(self) -> list[str] | None:
+        """Names of the model inputs the data feeds (``None``: one unnamed float input, ``x``)."""
+        return list(self.inputs) if self.inputs is not None else None
+
+    def feeds(self, idx: Any) -> "np.ndarray | dict[str, np.ndarray]":
+        """The model input(s) of samples ``idx``: ``x[idx]``, or ``{name: array[idx]}`` for named inputs."""
+        if self.inputs is not None:
+            return {k: v[idx] for k, v in self.inputs.items()}
+        return self.x[idx]
+
+    def split_feeds(self, name: str) -> tuple["np.ndarray | dict[str, np.ndarray]", np.ndarray | None]:
+        """Like :meth:`split`, with named inputs as a dict (what a runtime session takes)."""
+        idx = self.indices(name)
+        return self.feeds(idx), (self.y[idx] if self.y is not None else None)
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
         """``(x, y)`` of a split, in index order (``y`` is None for unlabeled data)."""
@@ -143,7 +162,30 @@ class Dataset:
         }
         if self.classes is not None:
             out["classes"] = list(self.classes)
+        if self.inputs is not None:
+            out["inputs"] = [{"name": k, "shape": list(v.shape[1:]), "dtype": str(v.dtype)}
+                             for k, v in self.inputs.items()]
         return out
+
+
+def n_samples(feeds: "np.ndarray | Mapping[str, np.ndarray]") -> int:
+    """Number of samples in an array or a dict of named arrays."""
+    if isinstance(feeds, Mapping):
+        return int(len(next(iter(feeds.values()))))
+    return int(len(feeds))
+
+
+def take(feeds: "np.ndarray | Mapping[str, np.ndarray]", idx: Any) -> "np.ndarray | dict[str, np.ndarray]":
+    """``feeds[idx]`` for an array or each array of a dict (contiguous, dtypes kept)."""
+    if isinstance(feeds, Mapping):
+        return {k: np.ascontiguousarray(v[idx]) for k, v in feeds.items()}
+    return np.ascontiguousarray(feeds[idx])
+
+
+def repeat_to(feeds: "np.ndarray | Mapping[str, np.ndarray]", n: int) -> "np.ndarray | dict[str, np.ndarray]":
+    """The first ``n`` samples, cycling through ``feeds`` when it has fewer (a batch for timing)."""
+    m = n_samples(feeds)
+    return take(feeds, np.arange(n) % m)
 
 
 def make_synthetic(n: int, shape: Sequence[int], num_classes: int | None = 2, seed: int = 0,
@@ -257,6 +299,62 @@ def _build(
     fp = _fingerprint(x, y_arr, splits, opts)
     return Dataset(x=x, y=y_arr, splits=splits, num_classes=num_classes, fingerprint=fp,
                    source_desc=source_desc, classes=classes)
+
+
+def _build_named(
+    arrays: Mapping[str, Any],
+    y: Any,
+    opts: ArrayOptions,
+    *,
+    where: str,
+    source_desc: str,
+    dtypes: Mapping[str, str] | None = None,
+    classes: list[str] | None = None,
+) -> Dataset:
+    """Named inputs (multi-input or integer models) -> Dataset. Only ``limit`` and the splits apply: no
+    layout, resize or normalisation, and integer arrays are never cast to float. ``dtypes`` (input name ->
+    declared dtype) checks each array's kind and converts within it (int32 -> int64, float64 -> float32)."""
+    if not arrays:
+        raise ConfigError(f"{where}: no input arrays")
+    xs = {str(k): _to_numpy(v) for k, v in arrays.items()}
+    sizes = {k: int(v.shape[0]) if v.ndim else 0 for k, v in xs.items()}
+    if len(set(sizes.values())) != 1:
+        raise ConfigError(f"{where}: the inputs have different sample counts "
+                          f"({', '.join(f'{k}: {n}' for k, n in sizes.items())}); they must match")
+    n_all = next(iter(sizes.values()))
+    if n_all == 0:
+        raise ConfigError(f"{where}: no samples")
+    for k, v in xs.items():
+        want = (dtypes or {}).get(k)
+        if v.dtype.kind not in "biuf":
+            raise ConfigError(f"{where}: input '{k}' has dtype {v.dtype}; inputs must be numeric or bool")
+        if want is not None:
+            wk = np.dtype(want).kind
+            ok = (wk == v.dtype.kind) or (wk in "iu" and v.dtype.kind in "iu") or (wk == "b" and v.dtype.kind in "iub"
+                                                                                   and set(np.unique(v)) <= {0, 1})
+            if not ok:
+                raise ConfigError(f"{where}: input '{k}' is {v.dtype} but model.inputs declares {want}; give "
+                                  f"{want} data (integer inputs are never cast from float)")
+            xs[k] = np.ascontiguousarray(v, dtype=np.dtype(want).newbyteorder("<"))
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            raise ConfigError(f"{where}: input '{k}' contains NaN or infinite values")
+    y_arr = _labels(y, n_all, where)
+    keep = _limit_indices(n_all, opts.limit, opts.seed)
+    if len(keep) < n_all:
+        xs = {k: v[keep] for k, v in xs.items()}
+        y_arr = y_arr[keep] if y_arr is not None else None
+    xs = {k: np.ascontiguousarray(v, dtype=v.dtype.newbyteorder("<")) for k, v in xs.items()}
+    num_classes = int(y_arr.max()) + 1 if y_arr is not None else None
+    if classes is not None and num_classes is not None:
+        num_classes = max(num_classes, len(classes))
+    splits = _make_splits(n_all if len(keep) == n_all else len(keep), y_arr, opts.splits, opts.seed)
+    h = hashlib.sha256(_fingerprint(next(iter(xs.values())), y_arr, splits, opts).encode())
+    for k, v in xs.items():
+        h.update(f"|{k}:{v.dtype.str}:{list(v.shape)}:".encode())
+        h.update(v.data)
+    first = next(iter(xs.values()))
+    return Dataset(x=first, y=y_arr, splits=splits, num_classes=num_classes, fingerprint=h.hexdigest(),
+                   source_desc=source_desc, classes=classes, inputs=xs)
 
 
 def _options(options: ArrayOptions | None, overrides: Mapping[str, Any]) -> ArrayOptions:

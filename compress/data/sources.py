@@ -24,18 +24,58 @@ from compress.errors import ConfigError
 # Loading
 
 
-def load_dataset(cfg: DataConfig, base_dir: Path | str) -> Dataset:
-    """Load, prepare and split the data a :class:`DataConfig` describes; every bad input is a ConfigError."""
+def load_dataset(cfg: DataConfig, base_dir: Path | str, inputs: Sequence[Mapping[str, Any]] | None = None) -> Dataset:
+    """Load, prepare and split the data a :class:`DataConfig` describes; every bad input is a ConfigError.
+
+    ``inputs`` (the model's named inputs, ``[{name, shape, dtype}]``) makes npz and callable sources read one
+    array per input name (``.npz`` keys / dict keys; labels under ``y_key`` or ``labels``), kept in their
+    dtype. Without it (or with one float32 input) the data is one ``x`` array, prepared as usual.
+    """
     base_dir = Path(base_dir)
+    named = _named(inputs)
     if cfg.source == "digits":
         return _load_digits(cfg)
     if cfg.source == "npz":
-        return _load_npz(cfg, base_dir)
+        return _load_npz(cfg, base_dir, named)
     if cfg.source == "image_folder":
         return _load_image_folder(cfg, base_dir)
     if cfg.source == "callable":
-        return _load_callable(cfg, base_dir)
+        return _load_callable(cfg, base_dir, named)
+    if cfg.source == "text":
+        from compress.data.dataset import _build_named
+        from compress.data.text import load_text
+
+        arrays, y, classes, info = load_text(cfg.text, cfg.seed)
+        desc = (f"text (docstrings of Python's stdlib packages {', '.join(cfg.text.packages)}: {info['sentences']} "
+                f"sentences, word vocabulary {info['vocab']}, seq_len {cfg.text.seq_len})")
+        if named and set(named) != set(arrays):
+            raise ConfigError(f"data.source text gives inputs input_ids and attention_mask but model.inputs names "
+                              f"{', '.join(named)}; name the model inputs input_ids and attention_mask")
+        return _build_named(arrays, y, cfg, where="data (text)", source_desc=desc, classes=classes,
+                            dtypes=named or None)
     raise ConfigError(f"data.source: unknown source '{cfg.source}'")  # pragma: no cover (Literal)
+
+
+def _named(inputs: Sequence[Mapping[str, Any]] | None) -> dict[str, str]:
+    """input name -> dtype when the model takes named inputs (several, or one that is not float32)."""
+    if not inputs:
+        return {}
+    specs = [dict(i) if isinstance(i, Mapping) else i.model_dump() for i in inputs]
+    if len(specs) == 1 and specs[0].get("dtype", "float32") == "float32":
+        return {}
+    return {str(s["name"]): str(s.get("dtype", "float32")) for s in specs}
+
+
+def _named_from(mapping: Mapping[str, Any], named: dict[str, str], cfg: DataConfig, where: str, desc: str) -> Dataset:
+    from compress.data.dataset import _build_named
+
+    missing = [n for n in named if n not in mapping]
+    if missing:
+        raise ConfigError(f"{where} no array for model input(s) {', '.join(missing)} (has: "
+                          f"{', '.join(map(str, mapping))}); name the arrays after model.inputs")
+    ykey = cfg.y_key if cfg.y_key in mapping else next((k for k in Y_ALIASES if k in mapping), None)
+    y = mapping[ykey] if ykey else None
+    return _build_named({n: mapping[n] for n in named}, y, cfg, where=where, source_desc=desc, dtypes=named)
 
 
 def check_input_shape(ds: Dataset, input_shape: Sequence[Any], where: str = "model.input_shape") -> None:
@@ -105,7 +145,7 @@ def _resolve(cfg: DataConfig, base_dir: Path) -> Path:
     return full
 
 
-def _load_npz(cfg: DataConfig, base_dir: Path) -> Dataset:
+def _load_npz(cfg: DataConfig, base_dir: Path, named: dict[str, str] | None = None) -> Dataset:
     import zipfile
 
     path = _resolve(cfg, base_dir)
@@ -123,6 +163,14 @@ def _load_npz(cfg: DataConfig, base_dir: Path) -> Dataset:
     with archive:
         keys = list(archive.files)
         present = ", ".join(repr(k) for k in keys) or "none"
+        if named:  # one array per model input, by name; labels under y_key or 'labels'
+            try:
+                arrays = {k: archive[k] for k in keys}
+            except ValueError as e:
+                raise ConfigError(f"data.path: '{cfg.path}': cannot read its arrays ({_one_line(e)}); store plain "
+                                  f"numeric arrays") from None
+            return _named_from(arrays, named, cfg, f"data.path: '{cfg.path}' has", f"npz {cfg.path} "
+                               f"(inputs {', '.join(named)})")
         x_key = _npz_key(cfg, "x_key", keys, X_ALIASES)
         y_key = _npz_key(cfg, "y_key", keys, Y_ALIASES)
         if x_key not in keys:
@@ -254,7 +302,7 @@ def _load_image_folder(cfg: DataConfig, base_dir: Path) -> Dataset:
                   source_desc=f"image_folder {root} ({what})")
 
 
-def _load_callable(cfg: DataConfig, base_dir: Path) -> Dataset:
+def _load_callable(cfg: DataConfig, base_dir: Path, named: dict[str, str] | None = None) -> Dataset:
     spec = cfg.callable or ""
     mod_name, _, attr = spec.partition(":")
     mod_name, attr = mod_name.strip(), attr.strip()
@@ -283,6 +331,14 @@ def _load_callable(cfg: DataConfig, base_dir: Path) -> Dataset:
 
     where = f"data.callable: '{spec}' returned"
     desc = f"callable {spec}"
+    if named:
+        if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], Mapping):
+            result = {**result[0], **({} if result[1] is None else {cfg.y_key: result[1]})}
+        if not isinstance(result, Mapping):
+            raise ConfigError(f"{where} a {type(result).__name__}; the model has named inputs "
+                              f"({', '.join(named)}): return a dict of arrays named after them (labels under "
+                              f"'{cfg.y_key}' or 'labels')")
+        return _named_from(result, named, cfg, f"{where} a dict with", desc)
     if isinstance(result, tuple) and len(result) == 2:
         x, y = result
     elif isinstance(result, Mapping):
