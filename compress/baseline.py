@@ -6,11 +6,10 @@ safetensors.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from compress.artifact import ONNX, Artifact, import_callable, save_onnx, save_torch, sha256_file
+from compress.artifact import ONNX, Artifact, copy_onnx, import_callable, save_onnx, save_torch, sha256_file
 from compress.errors import ConfigError, StageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -135,6 +134,8 @@ def load_weights(model: "torch.nn.Module", path: Path, where: str) -> None:
 def baseline_key_parts(loaded: "LoadedConfig", data_fp: str) -> dict[str, Any]:
     m = loaded.config.model
     parts: dict[str, Any] = {"step": "baseline", "input_shape": m.input_shape}
+    if m.inputs is not None:
+        parts["inputs"] = m.input_specs()
     if m.onnx:
         parts["onnx"] = sha256_file(loaded.resolve(m.onnx))
         return parts
@@ -156,9 +157,13 @@ def build_baseline(loaded: "LoadedConfig", dataset: "Dataset", work_dir: Path,
     shape = tuple(m.input_shape)
     stub = Artifact(format="onnx" if m.onnx else "torch", precision="float32", dir=work_dir, files={},
                     file_hashes={}, input_shape=shape, input_name=m.input_name,
+                    inputs=tuple(m.input_specs()) if m.inputs is not None else (),
                     recipe=None if m.onnx else recipe(loaded))
-    if m.onnx:
-        shutil.copyfile(loaded.resolve(m.onnx), work_dir / ONNX)
+    if m.onnx:  # the .onnx and every external data file it references
+        try:
+            copy_onnx(loaded.resolve(m.onnx), work_dir)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"{loaded.where('model', 'onnx')} model.onnx: {e}") from e
         return save_onnx(work_dir / ONNX, work_dir, like=stub, producer="baseline", precision="float32")
     import torch
 
@@ -193,18 +198,22 @@ def build_baseline(loaded: "LoadedConfig", dataset: "Dataset", work_dir: Path,
 
         recalibrate_bn(model, dataset)
         facts["bn_recalibrated"] = True
-    _check_forward(model, shape, loaded)
+    _check_forward(model, stub, loaded)
     return save_torch(model, work_dir, like=stub, producer="baseline", facts=facts)
 
 
-def _check_forward(model: "torch.nn.Module", shape: tuple[int, ...], loaded: "LoadedConfig") -> None:
+def _check_forward(model: "torch.nn.Module", art: Artifact, loaded: "LoadedConfig") -> None:
     import torch
 
+    from compress.export import example_inputs
+
+    field = "inputs" if loaded.config.model.inputs is not None else "input_shape"
     try:
         with torch.no_grad():
-            out = model(torch.zeros(*shape))
+            out = model(*example_inputs(art.input_specs))
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"{loaded.where('model', 'input_shape')} model.input_shape {list(shape)}: the model "
-                          f"fails on an input of this shape: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        shown = [(i["name"], i["shape"], i["dtype"]) for i in art.input_specs]
+        raise ConfigError(f"{loaded.where('model', field)} model.{field} {shown}: the model fails on inputs of "
+                          f"these shapes: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     if not isinstance(out, torch.Tensor):
         raise ConfigError(f"{loaded.where('model')} model: forward() must return one tensor, got {type(out).__name__}")

@@ -35,8 +35,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+InputDType = Literal["float32", "float16", "int64", "int32", "bool"]
+
+
+class InputSpec(_Strict):
+    """One named model input. The first axis is the batch axis: a number, or a name (symbolic, e.g. 'batch')."""
+
+    name: str = Field(..., min_length=1)
+    shape: list[int | str] = Field(..., min_length=1, description="Batch axis first (int or a symbolic name); "
+                                   "the other axes are positive ints.")
+    dtype: InputDType = "float32"
+
+    @model_validator(mode="after")
+    def _dims(self) -> "InputSpec":
+        first, rest = self.shape[0], self.shape[1:]
+        if isinstance(first, int) and first <= 0:
+            raise ValueError(f"input '{self.name}': the batch axis must be positive or a name, got {first}")
+        bad = [d for d in rest if not isinstance(d, int) or d <= 0]
+        if bad:
+            raise ValueError(f"input '{self.name}': only the batch axis may be symbolic; the others must be "
+                             f"positive ints, got {self.shape}")
+        return self
+
+    @property
+    def example_shape(self) -> list[int]:
+        """The shape with a symbolic batch axis read as 1."""
+        return [self.shape[0] if isinstance(self.shape[0], int) else 1, *self.shape[1:]]
+
+
 class ModelConfig(_Strict):
-    """Where the model comes from: exactly one of ``zoo``, ``callable`` or ``onnx``."""
+    """Where the model comes from: exactly one of ``zoo``, ``callable`` or ``onnx``; its inputs as
+    ``input_shape`` (one float32 input, the shorthand) or ``inputs`` (named, typed)."""
 
     zoo: str | None = Field(None, description="Built-in architecture name (see `compress stages --zoo`).")
     callable: str | None = Field(None, description="'module:function' returning an nn.Module; the module is "
@@ -45,8 +74,12 @@ class ModelConfig(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the builder.")
     weights: str | None = Field(None, description="State dict (.pt/.pth, loaded with weights_only=True) or "
                                 ".safetensors file.")
-    input_shape: list[int] = Field(..., min_length=2, description="Example input shape, batch first.")
+    input_shape: list[int] | None = Field(None, min_length=2, description="Example input shape, batch first: "
+                                          "the shorthand for one float32 input named input_name.")
     input_name: str = "input"
+    inputs: list[InputSpec] | None = Field(None, min_length=1, description="Named, typed inputs "
+                                           "[{name, shape, dtype}] (float32/float16/int64/int32/bool) in the order "
+                                           "forward() takes them; data arrays are matched by name.")
     train: TrainConfig | None = Field(None, description="Train the baseline on data.train (once; cached). "
                                       "Used when no weights are given.")
     recalibrate_bn: bool = Field(False, description="Re-estimate BatchNorm statistics on data.train "
@@ -80,9 +113,28 @@ class ModelConfig(_Strict):
             raise ValueError("set model.weights or model.train, not both")
         if self.onnx and (self.weights or self.train or self.kwargs):
             raise ValueError("model.onnx takes no weights, kwargs or train: the ONNX file holds the model")
+        if (self.input_shape is None) == (self.inputs is None):
+            raise ValueError("set exactly one of model.input_shape (one float32 input) or model.inputs "
+                             "([{name, shape, dtype}])")
+        if self.inputs is not None:
+            names = [i.name for i in self.inputs]
+            if len(set(names)) != len(names):
+                raise ValueError(f"model.inputs names must be unique, got {names}")
+            self.input_shape = list(self.inputs[0].example_shape)
+            self.input_name = self.inputs[0].name
         if any(d <= 0 for d in self.input_shape):
             raise ValueError(f"model.input_shape must be positive, got {self.input_shape}")
         return self
+
+    def input_specs(self) -> list[dict[str, Any]]:
+        """Every input as ``{name, shape, dtype}`` (the shorthand gives one float32 input)."""
+        if self.inputs is None:
+            return [{"name": self.input_name, "shape": list(self.input_shape), "dtype": "float32"}]
+        return [i.model_dump() for i in self.inputs]
+
+    def named_inputs(self) -> bool:
+        """Whether the data must come as named arrays (several inputs, or one that is not float32)."""
+        return self.inputs is not None and (len(self.inputs) > 1 or self.inputs[0].dtype != "float32")
 
     @property
     def kind(self) -> str:

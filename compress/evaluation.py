@@ -38,22 +38,26 @@ FIDELITY: dict[str, tuple[bool, str]] = {
 
 def run_outputs(session: "Session", dataset: "Dataset", split: str, batch_size: int,
                 max_samples: int | None = None, fixed_batch: int | None = None) -> "np.ndarray":
-    """Outputs of ``session`` over a split, batched (or at the model's fixed batch size)."""
+    """Outputs of ``session`` over a split, batched (or at the model's fixed batch size); every named
+    input of the data is fed."""
     import numpy as np
 
-    x, _ = dataset.split(split)
+    from compress.data.dataset import n_samples, take
+
+    x, _ = dataset.split_feeds(split)
+    n = n_samples(x)
     if max_samples is not None:
-        x = x[:max_samples]
+        n = min(n, max_samples)
     bs = fixed_batch or batch_size
     outs = []
-    for i in range(0, len(x), bs):
-        xb = x[i:i + bs]
-        if fixed_batch and len(xb) < fixed_batch:  # pad the tail for fixed-batch models
-            pad = np.repeat(xb[-1:], fixed_batch - len(xb), axis=0)
-            outs.append(session.infer(np.concatenate([xb, pad]))[: len(xb)])
+    for i in range(0, n, bs):
+        idx = np.arange(i, min(i + bs, n))
+        if fixed_batch and len(idx) < fixed_batch:  # pad the tail for fixed-batch models
+            idx_p = np.concatenate([idx, np.full(fixed_batch - len(idx), idx[-1])])
+            outs.append(session.infer(take(x, idx_p))[: len(idx)])
         else:
-            outs.append(session.infer(xb))
-    return np.concatenate(outs).reshape(len(x), -1)
+            outs.append(session.infer(take(x, idx)))
+    return np.concatenate(outs).reshape(n, -1)
 
 
 def fidelity(outputs: "np.ndarray", reference: "np.ndarray") -> dict[str, float | None]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,25 +35,51 @@ class ExportConfig(BaseModel):
         return self
 
 
-def export_onnx(model: "torch.nn.Module", input_shape: tuple[int, ...], path: Path, cfg: ExportConfig,
-                input_name: str = "input") -> Path:
+def example_inputs(specs: "list[dict[str, Any]]", batch: int | None = None) -> "list[torch.Tensor]":
+    """One example tensor per input spec (``{name, shape, dtype}``; a symbolic batch axis reads as 1): zeros
+    for float inputs, ones for integer and bool inputs (a valid token id and an all-ones attention mask)."""
+    import torch
+
+    out = []
+    for s in specs:
+        shape = [s["shape"][0] if isinstance(s["shape"][0], int) else 1, *s["shape"][1:]]
+        if batch is not None:
+            shape[0] = batch
+        dtype = getattr(torch, "bool" if s.get("dtype") == "bool" else s.get("dtype", "float32"))
+        out.append(torch.zeros(*shape, dtype=dtype) if dtype.is_floating_point else torch.ones(*shape, dtype=dtype))
+    return out
+
+
+def _specs(inputs: "Sequence[int] | list[dict[str, Any]]", input_name: str) -> list[dict[str, Any]]:
+    if inputs and isinstance(inputs[0], dict):
+        return [dict(s) for s in inputs]  # type: ignore[arg-type]
+    return [{"name": input_name, "shape": list(inputs), "dtype": "float32"}]
+
+
+def export_onnx(model: "torch.nn.Module", inputs: "Sequence[int] | list[dict[str, Any]]", path: Path,
+                cfg: ExportConfig, input_name: str = "input") -> Path:
+    """Export ``model`` to one self-contained ONNX file. ``inputs`` is an artifact's ``input_specs``
+    (``[{name, shape, dtype}]``, fed positionally in that order) or, as a shorthand, one float input's shape."""
     import onnx
     import torch
 
     model.eval()
-    example = torch.zeros(*input_shape)
-    dynamic = {input_name: {0: "batch"}, "output": {0: "batch"}} if cfg.dynamic_batch else None
+    specs = _specs(inputs, input_name)
+    names = [s["name"] for s in specs]
+    example = tuple(example_inputs(specs))
+    dynamic = {**{n: {0: "batch"} for n in names}, "output": {0: "batch"}} if cfg.dynamic_batch else None
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             if cfg.exporter == "legacy":
-                torch.onnx.export(model, (example,), str(path), input_names=[input_name], output_names=["output"],
+                torch.onnx.export(model, example, str(path), input_names=names, output_names=["output"],
                                   opset_version=cfg.opset, dynamic_axes=dynamic, do_constant_folding=True,
                                   dynamo=False)
             else:
-                shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if cfg.dynamic_batch else None
-                torch.onnx.export(model, (example,), str(path), input_names=[input_name], output_names=["output"],
+                batch = torch.export.Dim("batch", min=1, max=4096)
+                shapes = tuple({0: batch} for _ in names) if cfg.dynamic_batch else None
+                torch.onnx.export(model, example, str(path), input_names=names, output_names=["output"],
                                   opset_version=cfg.opset, dynamic_shapes=shapes, dynamo=True,
                                   external_data=False, verbose=False)
         onnx.checker.check_model(str(path))

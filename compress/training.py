@@ -139,8 +139,8 @@ def train(
     import torch
     import torch.nn.functional as F
 
-    x_np, y_np = dataset.split(split)
-    if len(x_np) == 0:
+    x_np, y_np = dataset.split_feeds(split)
+    if len(_arrays(x_np)[0]) == 0:
         raise ValueError(f"data split '{split}' is empty: give it a share in data.splits")
     use_kd = teacher is not None and cfg.distill is not None
     if y_np is None and not use_kd:
@@ -149,9 +149,9 @@ def train(
         ex, ey = dataset.split(cfg.eval_split)
         if ey is None or len(ex) == 0:
             raise ValueError(f"eval_every needs labels in the '{cfg.eval_split}' split: unset eval_every")
-    x = torch.from_numpy(x_np)
+    xs = [torch.from_numpy(a) for a in _arrays(x_np)]  # every model input, in forward()'s order
     y = torch.from_numpy(y_np) if y_np is not None else None
-    n = len(x)
+    n = len(xs[0])
     steps = total_steps(cfg, n)
     every = steps_per_epoch(cfg, n) if cfg.eval_every == "epoch" else cfg.eval_every
     threads = torch.get_num_threads()
@@ -188,18 +188,18 @@ def train(
                     perm, pos = torch.randperm(n, generator=g), 0
                 idx = perm[pos:pos + cfg.batch_size]
                 pos += cfg.batch_size
-                xb = x[idx]
+                xb = [t[idx] for t in xs]  # every model input, in forward()'s order
                 if step_loss is not None:
-                    loss = step_loss(model, xb, y[idx] if y is not None else None)
+                    loss = step_loss(model, xb[0] if len(xb) == 1 else xb, y[idx] if y is not None else None)
                 else:
-                    out = model(xb)
+                    out = model(*xb)
                     loss = torch.zeros((), dtype=out.dtype)
                     if y is not None and (not use_kd or cfg.distill.alpha < 1):
                         ce = F.cross_entropy(out, y[idx], label_smoothing=cfg.label_smoothing)
                         loss = loss + (1 - cfg.distill.alpha if use_kd else 1.0) * ce
                     if use_kd:
                         with torch.no_grad():
-                            t_out = teacher(xb)
+                            t_out = teacher(*xb)
                         loss = loss + cfg.distill.alpha * kd_loss(out, t_out, cfg.distill.temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -301,7 +301,7 @@ def accuracy(model: "torch.nn.Module", dataset: "Dataset", split: str = "eval", 
     model.eval()
     with torch.no_grad():
         for xb, yb in dataset.batches(split, batch_size):
-            pred = model(torch.from_numpy(xb)).argmax(1).numpy()
+            pred = model(*(torch.from_numpy(a) for a in _arrays(xb))).argmax(1).numpy()
             correct += int((pred == yb).sum())
             total += len(yb)
     return 100.0 * correct / max(total, 1)
@@ -323,5 +323,10 @@ def recalibrate_bn(model: "torch.nn.Module", dataset: "Dataset", split: str = "t
         for i, (xb, _) in enumerate(dataset.batches(split, batch_size)):
             if i >= batches:
                 break
-            model(torch.from_numpy(xb))
+            model(*(torch.from_numpy(a) for a in _arrays(xb)))
     model.eval()
+
+
+def _arrays(feeds: Any) -> list[Any]:
+    """The model inputs of a batch as a list in forward()'s order (one array, or a dict's values)."""
+    return list(feeds.values()) if isinstance(feeds, dict) else [feeds]

@@ -126,7 +126,7 @@ class Dataset:
         idx = self.indices(name)
         for start in range(0, len(idx), int(batch_size)):
             part = idx[start:start + int(batch_size)]
-            yield self.x[part], (self.y[part] if self.y is not None else None)
+            yield self.feeds(part), (self.y[part] if self.y is not None else None)
 
     def input_range(self) -> dict[str, float]:
         """min, max, mean and std of the prepared samples (what the model will see)."""

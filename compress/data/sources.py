@@ -51,6 +51,8 @@ def load_dataset(cfg: DataConfig, base_dir: Path | str, inputs: Sequence[Mapping
         if named and set(named) != set(arrays):
             raise ConfigError(f"data.source text gives inputs input_ids and attention_mask but model.inputs names "
                               f"{', '.join(named)}; name the model inputs input_ids and attention_mask")
+        if named:
+            arrays = {n: arrays[n] for n in named}  # in model.inputs order
         return _build_named(arrays, y, cfg, where="data (text)", source_desc=desc, classes=classes,
                             dtypes=named or None)
     raise ConfigError(f"data.source: unknown source '{cfg.source}'")  # pragma: no cover (Literal)

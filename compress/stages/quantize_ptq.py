@@ -425,7 +425,7 @@ def float_onnx(artifact: "Artifact", ctx: "StageContext", tmp: Path, facts: dict
     from compress.stages.fold_bn import fold
 
     model = ctx.load_torch(artifact)
-    path = export_onnx(model, artifact.input_shape, tmp / "float.onnx", ctx.export, artifact.input_name)
+    path = export_onnx(model, artifact.input_specs, tmp / "float.onnx", ctx.export)
     if not _ops(path).get("BatchNormalization"):
         return path
     try:
@@ -434,7 +434,7 @@ def float_onnx(artifact: "Artifact", ctx: "StageContext", tmp: Path, facts: dict
         return path
     facts["bn_folded"] = counts["folded"]
     ctx.log(f"folded {counts['folded']} BatchNorm layer(s) the exporter left before quantization")
-    return export_onnx(gm, artifact.input_shape, tmp / "float.onnx", ctx.export, artifact.input_name)
+    return export_onnx(gm, artifact.input_specs, tmp / "float.onnx", ctx.export)
 
 
 def preprocess(src: Path, tmp: Path, stage: str) -> Path:

@@ -322,8 +322,8 @@ class QuantizeWeights(Stage):
             if artifact.format == "torch":
                 from compress.export import export_onnx
 
-                src = export_onnx(ctx.load_torch(artifact), artifact.input_shape, Path(tmp) / "float.onnx",
-                                  ctx.export, artifact.input_name)
+                src = export_onnx(ctx.load_torch(artifact), artifact.input_specs, Path(tmp) / "float.onnx",
+                                  ctx.export)
             else:
                 src = artifact.path("onnx")
             model = onnx.load(str(src))

@@ -30,6 +30,7 @@ ZOO: dict[str, str] = {
     "efficientnet_b0": "compress.zoo.efficientnet:efficientnet_b0",
     "transformer": "compress.zoo.transformer:transformer",
     "tiny_cnn": "compress.zoo.tiny:tiny_cnn",
+    "text_encoder": "compress.zoo.text:text_encoder",
 }
 
 

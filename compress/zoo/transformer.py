@@ -35,11 +35,15 @@ class Attention(nn.Module):
         # (N, T, D) -> (N, heads, T, head_dim); no literal batch size, so export stays dynamic.
         return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``bias``: added to the attention logits, broadcast to (N, heads, T, T) (e.g. -1e4 on padding)."""
         q = self._split(self.q(x)) * self.scale
         k = self._split(self.k(x))
         v = self._split(self.v(x))
-        attn = self.attn_drop(torch.softmax(q @ k.transpose(-2, -1), dim=-1))
+        logits = q @ k.transpose(-2, -1)
+        if bias is not None:
+            logits = logits + bias
+        attn = self.attn_drop(torch.softmax(logits, dim=-1))
         y = (attn @ v).transpose(1, 2).flatten(2)
         return self.proj_drop(self.out(y))
 
@@ -61,8 +65,8 @@ class Block(nn.Module):
             nn.Dropout(dropout),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), bias)
         return x + self.mlp(self.norm2(x))
 
 
