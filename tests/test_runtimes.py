@@ -1,0 +1,133 @@
+"""Runtimes as plug-ins: typed per-runtime target options, OpenVINO running QDQ INT8 as integer kernels,
+the torch runtime on torch artifacts, and a third-party runtime registered through the entry-point group."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from compress.cli import main
+from compress.config import load_pipeline, parse_target
+from compress.errors import ConfigError
+from compress.runtimes import available, get_runtime, registry
+from compress.runtimes.onnxruntime import OrtTarget
+from compress.runtimes.openvino import OpenVinoTarget
+from compress.runtimes.torch import TorchTarget
+from conftest import tiny_pipeline, write_yaml
+
+
+# -- typed options ---------------------------------------------------------------------------------
+
+def test_builtin_runtimes_are_registered_and_available():
+    assert {"onnxruntime", "openvino", "torch"} <= set(registry())
+    assert all(available(n) for n in ("onnxruntime", "openvino", "torch"))
+
+
+@pytest.mark.parametrize("runtime,bad_key", [("onnxruntime", "device"), ("openvino", "graph_optimization"),
+                                             ("torch", "streams")])
+def test_each_runtime_rejects_keys_it_does_not_know(tmp_path, runtime, bad_key):
+    t = {"name": "t", "runtime": runtime, bad_key: 1}
+    p = write_yaml(tmp_path / "p.yaml", tiny_pipeline(tmp_path, targets=[t]))
+    with pytest.raises(ConfigError) as ei:
+        load_pipeline(p)
+    msg = str(ei.value)
+    assert f"unknown key '{bad_key}' for runtime '{runtime}'" in msg and "targets[0]" in msg
+    assert "p.yaml:" in msg  # points into the file
+    with pytest.raises(ConfigError, match=bad_key):
+        parse_target(t)
+
+
+def test_targets_validate_into_their_runtime_model(tmp_path):
+    targets = [{"name": "ort"}, {"name": "ov", "runtime": "openvino", "threads": 1, "precision": "f32"},
+               {"name": "pt", "runtime": "torch", "mode": "eager"}]
+    cfg = load_pipeline(write_yaml(tmp_path / "p.yaml", tiny_pipeline(tmp_path, targets=targets))).config
+    assert [type(t) for t in cfg.targets] == [OrtTarget, OpenVinoTarget, TorchTarget]
+    assert cfg.targets[0].runtime == "onnxruntime"  # the default runtime
+    assert cfg.targets[1].precision == "f32" and cfg.targets[1].options()["precision"] == "f32"
+
+
+def test_unknown_runtime_has_a_did_you_mean(tmp_path):
+    p = write_yaml(tmp_path / "p.yaml", tiny_pipeline(tmp_path, targets=[{"name": "x", "runtime": "openvin"}]))
+    r = CliRunner().invoke(main, ["validate", str(p)])
+    assert r.exit_code == 2 and "did you mean 'openvino'" in r.output
+
+
+def test_openvino_precision_hint_is_explicit_and_checked():
+    assert OpenVinoTarget(name="ov").precision == "f32"  # never silently bf16
+    with pytest.raises(Exception, match="precision"):
+        OpenVinoTarget(name="ov", precision="int8")
+
+
+# -- OpenVINO and torch on real models ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def conv_models(tmp_path_factory):
+    """A tiny CNN as FP32 ONNX and as ORT QDQ INT8 (U8S8, per channel)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    d = tmp_path_factory.mktemp("ov")
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    from compress.export import ExportConfig, export_onnx
+
+    export_onnx(m, [1, 3, 16, 16], d / "f.onnx", ExportConfig())
+    rng = np.random.default_rng(0)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": rng.standard_normal((4, 3, 16, 16)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(d / "f.onnx"), str(d / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    return m, d / "f.onnx", d / "q.onnx"
+
+
+def test_openvino_runs_qdq_int8_as_integer_kernels(conv_models):
+    model, f32, q = conv_models
+    rt = get_runtime("openvino")
+    t = OpenVinoTarget(name="ov")
+    ints, floats = rt.integer_kernels(q, t)
+    assert ints and not floats, (ints, floats)  # every Convolution/FullyConnected runs u8/i8
+    assert all(k.split("@")[1] in ("u8", "i8") for k in ints)
+    f_ints, f_floats = rt.integer_kernels(f32, t)
+    assert not f_ints and f_floats  # the float model computes in f32
+    x = np.random.default_rng(1).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    with rt.open(f32, t) as sess:
+        assert sess.info["inference_precision"] == "f32" and sess.info["threads"] == 1
+        got = sess.infer(x)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
+
+
+def test_torch_runtime_runs_torch_artifacts_only(tmp_path):
+    from compress.artifact import Artifact, save_torch
+
+    torch.manual_seed(0)
+    m = nn.Linear(4, 3).eval()
+    stub = Artifact(format="torch", precision="float32", dir=tmp_path, files={}, file_hashes={}, input_shape=(1, 4),
+                    recipe={"callable": "torch.nn:Linear", "kwargs": {"in_features": 4, "out_features": 3}})
+    art = save_torch(m, tmp_path / "a", like=stub, producer="test")
+    rt = get_runtime("torch")
+    assert rt.runs("torch") and not rt.runs("onnx")
+    x = np.ones((2, 4), np.float32)
+    before = torch.get_num_threads()
+    with rt.open(art, TorchTarget(name="pt", threads=1)) as sess:
+        np.testing.assert_allclose(sess.infer(x), m(torch.from_numpy(x)).detach().numpy(), rtol=1e-6)
+        sess.runner(x)()
+    assert torch.get_num_threads() == before  # the thread setting is put back after each call
+
+
+def test_ort_target_from_parse_target_opens_a_session(conv_models):
+    _, f32, _ = conv_models
+    t = parse_target({"name": "ort", "graph_optimization": "basic"})
+    with get_runtime(t.runtime).open(Path(f32), t) as sess:
+        assert sess.info["graph_optimization"] == "basic"
