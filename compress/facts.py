@@ -12,11 +12,14 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
-def torch_facts(model: "torch.nn.Module", input_shape: tuple[int, ...]) -> dict[str, Any]:
+def torch_facts(model: "torch.nn.Module", inputs: "tuple[int, ...] | list[dict[str, Any]]") -> dict[str, Any]:
+    """``inputs``: an artifact's ``input_specs`` (every input fed, batch 1) or one float input's shape."""
     import torch
     import torch_pruning as tp
 
-    example = torch.zeros(1, *input_shape[1:])
+    from compress.export import _specs, example_inputs
+
+    example = tuple(example_inputs(_specs(list(inputs), "input"), batch=1))
     with torch.no_grad():
         macs, params = tp.utils.count_ops_and_params(model, example)
     weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]

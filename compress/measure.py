@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
     from compress.data import Dataset
+    from compress.runtimes.base import Runtime
     from compress.runtimes.timing import LatencyStats, TimingPolicy
 
 
@@ -39,7 +40,7 @@ class Measure:
         self.remeasure = remeasure
         self._info = info or (lambda m: None)
         self._progress = progress or null_progress
-        self._outputs: dict[tuple[str, str], "np.ndarray"] = {}  # in-process memo: (onnx hash, target key)
+        self._outputs: dict[tuple[str, str], "np.ndarray"] = {}  # in-process memo: (model hash, result key)
         self.last_latency_cached = False  # whether the last latency() call came from the cache
 
     # -- targets ----------------------------------------------------------------------------------
@@ -69,10 +70,36 @@ class Measure:
             from compress.export import export_onnx
 
             model = build_module(art, self.base_dir)
-            export_onnx(model, art.input_shape, wd / ONNX, self.export_cfg, art.input_name)
+            export_onnx(model, art.input_specs, wd / ONNX, self.export_cfg)
             return save_onnx(wd / ONNX, wd, like=art, producer=f"{art.producer}:export", precision=art.precision)
 
         return self.cache.build_artifact(key, build, f"the ONNX export of {art.producer}")
+
+    def runtime(self, target: str | Any | None = None) -> "Runtime":
+        """The runtime plug-in of ``target``."""
+        from compress.runtimes import get_runtime
+
+        return get_runtime(self.target(target).runtime)
+
+    def runnable(self, art: Artifact, target: str | Any | None = None) -> Artifact | None:
+        """What ``target``'s runtime opens for ``art``: the artifact itself when the runtime runs its format,
+        else its ONNX export; then the runtime's own preparation (e.g. ONNX -> OpenVINO IR), cached like any
+        artifact. ``None`` when the runtime runs neither (an ONNX-only artifact on a torch target: "n/a")."""
+        target = self.target(target)
+        rt = self.runtime(target)
+        if rt.runs(art.format):
+            model = art
+        elif rt.runs("onnx"):
+            model = self.deployable(art)
+        else:
+            return None
+        pkey = rt.prepare_key(model, target)
+        if pkey is None:
+            return model
+        key = cache_key(step="prepare", input=model.hash, runtime=rt.name, versions=rt.versions(), prepare=pkey)
+        hit = self.cache.get_artifact(key)
+        return hit if hit is not None else self.cache.build_artifact(
+            key, lambda wd: rt.prepare(model, target, wd), f"the {rt.name} preparation of {art.producer}")
 
     def facts(self, art: Artifact) -> dict[str, Any]:
         """Params, MACs (torch artifacts), sparsity, op histogram and per-layer weight precision (cached)."""
@@ -86,7 +113,7 @@ class Measure:
             if art.format == "torch":
                 from compress.artifact import build_module
 
-                facts.update(torch_facts(build_module(art, self.base_dir), art.input_shape))
+                facts.update(torch_facts(build_module(art, self.base_dir), art.input_specs))
             self.cache.put_json(key, facts)
         return facts
 
@@ -94,17 +121,21 @@ class Measure:
     def _target_key(self, target: Any) -> dict[str, Any]:
         return target.model_dump(mode="json", exclude={"timing", "batch_size", "name"})
 
-    def run_outputs(self, art: Artifact, target: str | Any | None = None) -> tuple["np.ndarray", dict[str, Any]]:
-        """(outputs on the evaluation split, run info) of ``art`` in the target runtime (cached)."""
+    def run_outputs(self, art: Artifact, target: str | Any | None = None
+                    ) -> tuple["np.ndarray | None", dict[str, Any]]:
+        """(outputs on the evaluation split, run info) of ``art`` in the target runtime (cached). Outputs
+        are ``None`` (and the info says ``na``) when the target's runtime cannot run the artifact's format."""
         from compress.evaluation import run_outputs
-        from compress.runtimes import get_runtime
 
         target = self.target(target)
-        dep = self.deployable(art)
+        model = self.runnable(art, target)
+        if model is None:
+            return None, {"na": f"{target.runtime} runs {', '.join(self.runtime(target).formats)} artifacts; "
+                                f"this one is {art.format} only", "session": {}, "optimized_ops": {}}
         ev = self.evaluation
-        key = cache_key(step="evaluate", onnx=dep.hash, target=self._target_key(target),
+        key = cache_key(step="evaluate", model=model.hash, target=self._target_key(target),
                         eval=ev.model_dump(mode="json"), data=self.dataset.fingerprint)
-        memo = (dep.hash, key)
+        memo = (model.hash, key)
         hit = None if self.remeasure else self.cache.get_json(key)
         if memo in self._outputs and hit is not None:
             return self._outputs[memo], hit
@@ -119,24 +150,60 @@ class Measure:
                 if hit is not None and outputs is not None:
                     self._outputs[memo] = outputs
                     return outputs, hit
-            runtime = get_runtime(target.runtime)
+            runtime = self.runtime(target)
             try:
-                with runtime.open(dep.path("onnx"), target) as sess:
+                with runtime.open(model, target, base_dir=self.base_dir) as sess:
                     outputs = run_outputs(sess, self.dataset, ev.split, ev.batch_size, ev.max_samples,
                                           _fixed_batch(sess))
                     info = sess.info
-                ops = runtime.optimized_op_counts(dep.path("onnx"), target)
+                ops = runtime.optimized_op_counts(model, target)
             except CompressError:
                 raise
             except Exception as e:  # noqa: BLE001 - a model the runtime cannot run: one line
                 raise StageError(f"artifact {art.hash[:12]} ({art.producer}) does not run on target "
                                  f"'{target.name}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                                  ) from e
-            result = {"session": info, "optimized_ops": ops}
+            ints, floats = runtime.classify_kernels(ops)
+            result = {"session": info, "optimized_ops": ops, "kernels": {"integer": ints, "float": floats}}
             self.cache.put_array(key, outputs)
             self.cache.put_json(key, result)
         self._outputs[memo] = outputs
         return outputs, result
+
+    def kernels(self, art: Artifact, target: str | Any | None = None) -> tuple[dict[str, int], dict[str, int]]:
+        """(integer kernels, float compute kernels) as ``target``'s runtime executes ``art`` (ORT: its
+        optimized graph; OpenVINO: the compiled model's layer precisions); empty for n/a."""
+        target = self.target(target)
+        model = self.runnable(art, target)
+        if model is None:
+            return {}, {}
+        return self.runtime(target).integer_kernels(model, target)
+
+    def run_samples(self, model: Artifact | Path, target: str | Any | None = None, n: int = 4,
+                    split: str = "eval") -> "np.ndarray":
+        """Outputs of ``model`` (an artifact, or an ONNX file a stage just wrote) on the first ``n`` samples
+        of ``split`` in ``target``'s runtime (not cached: a stage's check that its output loads and runs)."""
+        import numpy as np
+
+        from compress.data.dataset import n_samples, repeat_to, take
+
+        target = self.target(target)
+        rt = self.runtime(target)
+        feeds, _ = self.dataset.split_feeds(split)
+        with rt.open(model, target, base_dir=self.base_dir) as sess:
+            fixed = _fixed_batch(sess)
+            batch = take(feeds, np.arange(min(n, n_samples(feeds)))) if not fixed else repeat_to(feeds, fixed)
+            return sess.infer(batch)
+
+    def onnx_target(self) -> Any:
+        """The first target whose runtime runs ONNX (what a stage checks its ONNX output on); ONNX Runtime
+        with its defaults when no target does."""
+        for t in self.targets:
+            if self.runtime(t).runs("onnx"):
+                return t
+        from compress.runtimes.onnxruntime import OrtTarget
+
+        return OrtTarget(name="onnxruntime-check")
 
     def outputs(self, art: Artifact, target: str | Any | None = None) -> "np.ndarray":
         """The artifact's outputs on the evaluation split, run in the target runtime (cached)."""
@@ -151,8 +218,9 @@ class Measure:
 
     def evaluate(self, arts: Sequence[Artifact], target: str | Any | None = None,
                  reference: Artifact | None = None) -> list[dict[str, Any]]:
-        """Per artifact: accuracy (with labels), agreement and cosine vs ``reference``, sample count,
-        the session's info and the runtime's optimized op histogram."""
+        """Per artifact: accuracy (with labels), the fidelity metrics vs ``reference``, sample count, the
+        session's info, the runtime's optimized op histogram and its integer/float kernels; an artifact the
+        target cannot run gets ``na`` (its reason) and no numbers."""
         from compress.evaluation import score
 
         ref = self.outputs(reference, target) if reference is not None else None
@@ -160,18 +228,22 @@ class Measure:
         results = []
         for art in arts:
             outputs, info = self.run_outputs(art, target)
+            if outputs is None:
+                results.append({"n": 0, "accuracy": None, **info})
+                continue
             same = reference is not None and art.hash == reference.hash  # the reference itself: no fidelity
             results.append({**score(outputs, labels, None if same else ref), "session": info["session"],
-                            "optimized_ops": info["optimized_ops"]})
+                            "optimized_ops": info["optimized_ops"], "kernels": info.get("kernels", {})})
         return results
 
     # -- speed --------------------------------------------------------------------------------------
     def latency(self, arts: Sequence[Artifact], target: str | Any | None = None,
                 policy: "TimingPolicy | None" = None, label: str | None = None,
                 names: Sequence[str] | None = None,
-                until: Callable[[dict[str, "LatencyStats"]], bool] | None = None) -> list["LatencyStats"]:
+                until: Callable[[dict[str, "LatencyStats"]], bool] | None = None) -> list["LatencyStats | None"]:
         """Time all ``arts`` interleaved in one process on ``target`` (the one timing loop); cached on
-        the artifacts' hashes, the target and the policy.
+        the runnable artifacts' hashes, the target and the policy. An artifact the target cannot run (an
+        ONNX-only artifact on a torch target) gets ``None``.
 
         ``until`` (statistics keyed by ``names``, default "0", "1", ...) extends the measurement round by
         round until it answers True (e.g. a gate's confidence interval is decided); a cached result
@@ -180,39 +252,51 @@ class Measure:
 
         target = self.target(target)
         policy = policy or target.timing
-        deps = [self.deployable(a) for a in arts]
-        key = cache_key(step="latency", onnx=[d.hash for d in deps],
+        models = [self.runnable(a, target) for a in arts]
+        keys = list(names) if names is not None else [str(i) for i in range(len(arts))]
+        timed = [i for i, m in enumerate(models) if m is not None]
+        out: list[LatencyStats | None] = [None] * len(arts)
+        if not timed:
+            self.last_latency_cached = True
+            return out
+        key = cache_key(step="latency", models=[models[i].hash for i in timed],
                         target=target.model_dump(mode="json", exclude={"timing"}),
                         timing=policy.model_dump(mode="json"))
-        keys = list(names) if names is not None else [str(i) for i in range(len(deps))]
         cached = None if self.remeasure else self.cache.get_json(key)
-        if cached is not None and len(cached) == len(deps):
+        if cached is not None and len(cached) == len(timed):
             stats = [LatencyStats.model_validate(s) for s in cached]
-            if until is None or until(dict(zip(keys, stats))):
+            if until is None or until({keys[i]: st for i, st in zip(timed, stats)}):
                 self.last_latency_cached = True
-                return stats
+                for i, st in zip(timed, stats):
+                    out[i] = st
+                return out
         self.last_latency_cached = False
         with self.cache.lock(key, f"the timing on {target.name}"):  # concurrent runs time one at a time
-            return self._time(key, deps, keys, target, policy, label, until)
+            stats = self._time(key, [models[i] for i in timed], [keys[i] for i in timed], target, policy, label,
+                               until)
+        for i, st in zip(timed, stats):
+            out[i] = st
+        return out
 
-    def _time(self, key, deps, keys, target, policy, label, until) -> list["LatencyStats"]:
-        from compress.runtimes import get_runtime, measure_interleaved
+    def _time(self, key, models, keys, target, policy, label, until) -> list["LatencyStats"]:
+        from compress.data.dataset import repeat_to
+        from compress.runtimes import measure_interleaved
         from compress.runtimes.timing import LatencyStats
 
         cached = None if self.remeasure else self.cache.get_json(key)  # finished while this run waited?
-        if cached is not None and len(cached) == len(deps):
+        if cached is not None and len(cached) == len(models):
             stats = [LatencyStats.model_validate(st) for st in cached]
             if until is None or until(dict(zip(keys, stats))):
                 self.last_latency_cached = True
                 return stats
-        runtime = get_runtime(target.runtime)
-        x, _ = self.dataset.split(self.evaluation.split)
+        runtime = self.runtime(target)
+        x, _ = self.dataset.split_feeds(self.evaluation.split)
         sessions, runners = [], {}
         try:
-            for i, dep in enumerate(deps):
-                sess = runtime.open(dep.path("onnx"), target)
+            for name, model in zip(keys, models):
+                sess = runtime.open(model, target, base_dir=self.base_dir)
                 sessions.append(sess)
-                runners[keys[i]] = sess.runner(_batch(_inputs(x, deps[i]), _fixed_batch(sess) or target.batch_size))
+                runners[name] = sess.runner(repeat_to(_inputs(x, model), _fixed_batch(sess) or target.batch_size))
             desc = label or f"timing {len(runners)} artifact(s) on {target.name} (interleaved)"
             with self._progress(desc, 1000) as bar:
                 stats = measure_interleaved(runners, policy, progress=lambda f: bar.set(f * 1000)
@@ -238,19 +322,13 @@ def _fixed_batch(sess) -> int | None:
     return shape[0] if shape and isinstance(shape[0], int) else None
 
 
+
 def _inputs(x, art: Artifact):
-    """The evaluation samples, or (for an artifact with another input shape, e.g. one block of a
+    """The evaluation samples, or (for a one-input artifact with another input shape, e.g. one block of a
     network timed by the search's latency table) seeded standard-normal samples of its own shape."""
     import numpy as np
 
     shape = tuple(art.input_shape[1:])
-    if tuple(x.shape[1:]) == shape or len(art.input_shape) < 2:
+    if isinstance(x, dict) or tuple(x.shape[1:]) == shape or len(art.input_shape) < 2:
         return x
     return np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
-
-
-def _batch(x, n: int):
-    import numpy as np
-
-    reps = -(-n // len(x))
-    return np.ascontiguousarray(np.concatenate([x] * reps)[:n]) if reps > 1 else np.ascontiguousarray(x[:n])

@@ -40,7 +40,7 @@ def output_dir(loaded: LoadedConfig, override: str | None = None) -> Path:
 
 def preflight(loaded: LoadedConfig, out_override: str | None = None, *, create: bool = False) -> Checked:
     """Run every check; ``create`` (the run) makes the output folders and writes a probe file in each."""
-    from compress.data import check_input_shape, load_dataset
+    from compress.data import check_input_shape, check_named_inputs, load_dataset
 
     cfg = loaded.config
     check_paths(loaded)
@@ -51,8 +51,12 @@ def preflight(loaded: LoadedConfig, out_override: str | None = None, *, create: 
     check_writable(Path(cfg.output.cache_dir), "output.cache_dir",
                    loaded.where("output", "cache_dir") if "cache_dir" in cfg.output.model_fields_set
                    else loaded.display, create)
-    ds = load_dataset(cfg.data, loaded.base_dir)
-    check_input_shape(ds, cfg.model.input_shape)
+    model = cfg.model
+    ds = load_dataset(cfg.data, loaded.base_dir, inputs=model.input_specs() if model.named_inputs() else None)
+    if ds.inputs is None:
+        check_input_shape(ds, model.input_shape)
+    else:  # named inputs: each array against its model.inputs entry
+        check_named_inputs(ds, model.input_specs())
     checked = Checked(dataset=ds, out_dir=out)
     _check_labels(loaded, ds, checked)
     _check_model(loaded)

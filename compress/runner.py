@@ -207,8 +207,10 @@ class Runner:
         for i, (rec, res) in enumerate(zip(records, results)):
             rec.measurements[target.name] = Measurement(
                 target=target.name, accuracy=res["accuracy"], **{k: res.get(k) for k in FIDELITY},
-                vs_input=fidelity(outputs[i], outputs[i - 1]) if i else {},
-                n_eval=res["n"], session=res["session"], optimized_ops=res["optimized_ops"])
+                vs_input=fidelity(outputs[i], outputs[i - 1])
+                if i and outputs[i] is not None and outputs[i - 1] is not None else {},
+                n_eval=res["n"], session=res["session"], optimized_ops=res["optimized_ops"],
+                kernels=res.get("kernels", {}), na=res.get("na"))
 
     def _time_all(self, target, records: list[StageRecord]) -> None:
         from compress.report.gate import latency_questions, measurement_decided
@@ -237,7 +239,7 @@ class Runner:
                 m = rec.measurements[t.name]
                 if m.latency and base.latency:
                     m.speedup_vs_baseline = round(Measure.speedup(base.latency, m.latency), 4)
-                    m.speedup_vs_previous = round(Measure.speedup(prev.latency, m.latency), 4)
+                    m.speedup_vs_previous = round(Measure.speedup(prev.latency, m.latency), 4) if prev.latency else None
                     m.speedup_ci, m.speedup_rounds = _speedup_ci(base.latency, m.latency)
                 if rec is not records[0]:
                     self._check_fidelity(rec, t.name, m, prev)

@@ -39,7 +39,7 @@ inside the functions that need them (``compress validate`` imports this module).
 """
 from compress.data.config import ArrayOptions, DataConfig, SplitConfig, parse_data_config
 from compress.data.dataset import Dataset, make_synthetic
-from compress.data.sources import check_input_shape, load_dataset
+from compress.data.sources import check_input_shape, check_named_inputs, load_dataset
 
-__all__ = ["ArrayOptions", "DataConfig", "Dataset", "SplitConfig", "check_input_shape", "load_dataset",
+__all__ = ["ArrayOptions", "DataConfig", "Dataset", "SplitConfig", "check_input_shape", "check_named_inputs", "load_dataset",
            "make_synthetic", "parse_data_config"]

@@ -80,6 +80,21 @@ def _named_from(mapping: Mapping[str, Any], named: dict[str, str], cfg: DataConf
     return _build_named({n: mapping[n] for n in named}, y, cfg, where=where, source_desc=desc, dtypes=named)
 
 
+def check_named_inputs(ds: Dataset, specs: Sequence[Mapping[str, Any]], where: str = "model.inputs") -> None:
+    """Raise a ConfigError when a named input's data does not have the declared sample shape."""
+    assert ds.inputs is not None
+    for i, spec in enumerate(specs):
+        name = spec["name"]
+        if name not in ds.inputs:
+            raise ConfigError(f"{where}[{i}] '{name}': the data has no such input (it has "
+                              f"{', '.join(ds.inputs)})")
+        have = tuple(int(d) for d in ds.inputs[name].shape[1:])
+        want = tuple(int(d) for d in list(spec["shape"])[1:])
+        if have != want:
+            raise ConfigError(f"{where}[{i}] '{name}': data gives samples of shape {_shape_str(have)} but the "
+                              f"shape is {list(spec['shape'])}: fix it to [batch, {', '.join(map(str, have))}]")
+
+
 def check_input_shape(ds: Dataset, input_shape: Sequence[Any], where: str = "model.input_shape") -> None:
     """Raise a ConfigError with the fix when the data's sample shape is not ``input_shape[1:]``.
 

@@ -42,6 +42,11 @@ class Measurement(_M):
     session: dict[str, Any] = Field(default_factory=dict)
     optimized_ops: dict[str, int] = Field(default_factory=dict,
                                           description="Op types after the runtime's own graph optimization.")
+    kernels: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="{'integer': {...}, 'float': {...}}: compute kernels as the runtime "
+        "executes them (ORT: optimized graph ops; OpenVINO: runtime layer@precision).")
+    na: str | None = Field(None, description="Why this artifact has no numbers on this target (its runtime does "
+                           "not run the artifact's format, e.g. an ONNX-only artifact on a torch target).")
 
 
 class ArtifactInfo(_M):

@@ -121,15 +121,16 @@ class Runtime(ABC):
     def runs(self, fmt: str) -> bool:
         return fmt in self.formats
 
-    def prepare(self, artifact: "Artifact", target: TargetBase, work_dir: Path) -> "Artifact | None":
-        """Convert/compile ``artifact`` for ``target`` into ``work_dir`` before :meth:`open` (cached by the
-        measurement service on the artifact, the runtime's versions and :meth:`prepare_key`); ``None``:
-        nothing to prepare, open the artifact as it is."""
+    def prepare_key(self, artifact: "Artifact", target: TargetBase) -> dict[str, Any] | None:
+        """What changes :meth:`prepare`'s output for ``artifact`` on ``target`` (it goes into the cache key
+        with the artifact's hash and the runtime's versions); ``None``: nothing to prepare, :meth:`open` takes
+        the artifact as it is."""
         return None
 
-    def prepare_key(self, target: TargetBase) -> dict[str, Any] | None:
-        """The parts of ``target`` that change :meth:`prepare`'s output; ``None``: this runtime prepares nothing."""
-        return None
+    def prepare(self, artifact: "Artifact", target: TargetBase, work_dir: Path) -> "Artifact":
+        """Convert/compile ``artifact`` for ``target`` into ``work_dir`` (only called when :meth:`prepare_key`
+        is not ``None``; the measurement service caches the result like any artifact)."""
+        raise NotImplementedError
 
     @abstractmethod
     def open(self, model: "Artifact | Path", target: TargetBase, *, base_dir: Path | None = None) -> Session:
@@ -144,9 +145,13 @@ class Runtime(ABC):
         """Op/layer types (-> count) the runtime really executes, after its own graph optimization."""
         return {}
 
+    def classify_kernels(self, op_counts: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+        """Split :meth:`optimized_op_counts` into (integer kernels, float compute kernels)."""
+        return {}, {}
+
     def integer_kernels(self, model: "Artifact | Path", target: TargetBase) -> tuple[dict[str, int], dict[str, int]]:
         """(integer kernels -> count, float compute kernels -> count) as this runtime executes ``model``."""
-        return {}, {}
+        return self.classify_kernels(self.optimized_op_counts(model, target))
 
 
 def onnx_path(model: "Artifact | Path") -> Path:

@@ -200,8 +200,7 @@ class OnnxRuntime(Runtime):
         _count_ops(graph, counts)
         return dict(sorted(counts.items()))
 
-    def integer_kernels(self, model: "Artifact | Path", target: OrtTarget) -> tuple[dict[str, int], dict[str, int]]:
-        ops = self.optimized_op_counts(model, target)
+    def classify_kernels(self, ops: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
         ints = {k: v for k, v in ops.items() if k in INTEGER_OPS or k.startswith("QLinear")}
         floats = {k: v for k, v in ops.items() if k in FLOAT_COMPUTE_OPS}
         return ints, floats

@@ -108,13 +108,13 @@ class OpenVino(Runtime):
     requires = "openvino"
     summary = "OpenVINO (device, threads, streams, explicit INFERENCE_PRECISION_HINT)"
 
-    def prepare_key(self, target: OpenVinoTarget) -> dict[str, Any]:
-        return {"convert": "ov.convert_model+save_model(compress_to_fp16=False)"}
-
-    def prepare(self, artifact: "Artifact", target: OpenVinoTarget, work_dir: Path) -> "Artifact | None":
-        """ONNX -> OpenVINO IR (weights kept in float32: ``compress_to_fp16=False``)."""
+    def prepare_key(self, artifact: "Artifact", target: OpenVinoTarget) -> dict[str, Any] | None:
         if artifact.format != "onnx":
             return None
+        return {"convert": "ov.convert_model+ov.save_model(compress_to_fp16=False)"}
+
+    def prepare(self, artifact: "Artifact", target: OpenVinoTarget, work_dir: Path) -> "Artifact":
+        """ONNX -> OpenVINO IR (weights kept in float32: ``compress_to_fp16=False``)."""
         import openvino as ov
 
         from compress.artifact import save_files
@@ -188,13 +188,14 @@ class OpenVino(Runtime):
             counts[f"{layer}@{prec}" if layer in COMPUTE_LAYERS and prec else layer] += 1
         return dict(sorted(counts.items()))
 
-    def integer_kernels(self, model: "Artifact | Path", target: OpenVinoTarget) -> tuple[dict[str, int], dict[str, int]]:
-        ints: Counter[str] = Counter()
-        floats: Counter[str] = Counter()
-        for layer, prec in self.runtime_layers(model, target):
-            if layer in COMPUTE_LAYERS:
-                (ints if prec.startswith(INT_PRECISIONS) else floats)[f"{layer}@{prec}"] += 1
-        return dict(sorted(ints.items())), dict(sorted(floats.items()))
+    def classify_kernels(self, ops: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+        ints: dict[str, int] = {}
+        floats: dict[str, int] = {}
+        for key, n in ops.items():
+            layer, _, prec = key.partition("@")
+            if layer in COMPUTE_LAYERS and prec:
+                (ints if prec.startswith(INT_PRECISIONS) else floats)[key] = n
+        return ints, floats
 
 
 def _safe(fn: Callable[[], Any]) -> Any:
