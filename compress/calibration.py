@@ -76,51 +76,64 @@ class CalibrationManifest(BaseModel):
 class CalibrationSet:
     """The samples a stage calibrates with, plus what the report says about them."""
 
-    x: "np.ndarray"  # float32 (N, *sample_shape)
+    x: "np.ndarray | dict[str, np.ndarray]"  # float32 (N, *sample_shape), or input name -> (N, ...) array
     fingerprint: str
     source: str
     batch_size: int
 
     @property
     def count(self) -> int:
-        return int(self.x.shape[0])
+        from compress.data.dataset import n_samples
 
-    def batches(self, batch_size: int | None = None) -> Iterator["np.ndarray"]:
-        """Consecutive batches (the last may be short); ``batch_size`` defaults to the configured one."""
+        return n_samples(self.x)
+
+    def batches(self, batch_size: int | None = None) -> Iterator["np.ndarray | dict[str, np.ndarray]"]:
+        """Consecutive batches (the last may be short); ``batch_size`` defaults to the configured one. A
+        model with named inputs gets a dict of named arrays per batch (every input fed)."""
+        from compress.data.dataset import take
+
         bs = int(batch_size or self.batch_size)
         for start in range(0, self.count, bs):
-            yield self.x[start:start + bs]
+            yield take(self.x, slice(start, start + bs))
 
     def head(self, n: int) -> "CalibrationSet":
         """The first ``n`` samples, fingerprinted anew (for libraries that need equal batches)."""
+        from compress.data.dataset import take
+
         if n >= self.count:
             return self
-        return CalibrationSet(x=self.x[:n], fingerprint=fingerprint_array(self.x[:n]),
-                              source=f"{self.source}, first {n} used", batch_size=self.batch_size)
+        x = take(self.x, slice(0, n))
+        return CalibrationSet(x=x, fingerprint=fingerprint_array(x), source=f"{self.source}, first {n} used",
+                              batch_size=self.batch_size)
 
     def describe(self) -> dict[str, Any]:
+        shape: Any = ({k: [int(d) for d in v.shape[1:]] for k, v in self.x.items()} if isinstance(self.x, dict)
+                      else [int(d) for d in self.x.shape[1:]])
         return {"samples": self.count, "fingerprint": self.fingerprint, "source": self.source,
-                "batch_size": self.batch_size, "sample_shape": [int(d) for d in self.x.shape[1:]]}
+                "batch_size": self.batch_size, "sample_shape": shape}
 
 
 # --------------------------------------------------------------------------------------------------
 # Drawing samples
 
 
-def fingerprint_array(x: "np.ndarray") -> str:
-    """sha256 over dtype, shape and bytes of ``x`` (little-endian, C order)."""
+def fingerprint_array(x: "np.ndarray | dict[str, np.ndarray]") -> str:
+    """sha256 over dtype, shape and bytes of ``x`` (little-endian, C order); of every named array, with
+    its name, for a dict."""
     import numpy as np
 
-    a = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
     h = hashlib.sha256()
-    h.update(f"{a.dtype.str}:{list(a.shape)}:".encode())
-    h.update(a.data)
+    for name, arr in (x.items() if isinstance(x, dict) else [(None, x)]):
+        a = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        h.update(f"{name + '=' if name is not None else ''}{a.dtype.str}:{list(a.shape)}:".encode())
+        h.update(a.data)
     return h.hexdigest()
 
 
 def calibration_samples(dataset: "Dataset", cfg: CalibrationConfig, samples: int | None = None,
                         base_dir: Path | str | None = None) -> "np.ndarray":
-    """The seeded calibration subset as one float32 array (N, *sample_shape).
+    """The seeded calibration subset as one float32 array (N, *sample_shape), or a dict of named arrays for
+    a model with named inputs.
 
     With ``cfg.path`` the samples come from the set on disk (``base_dir`` resolves a relative path;
     default: the current folder), else from ``cfg.split`` of ``dataset``.
@@ -136,7 +149,7 @@ def calibration_samples(dataset: "Dataset", cfg: CalibrationConfig, samples: int
     idx = dataset.indices(cfg.split)
     rng = np.random.default_rng(cfg.seed)
     pick = np.sort(rng.choice(idx, size=min(n, len(idx)), replace=False))
-    return dataset.x[pick]
+    return dataset.feeds(pick)
 
 
 def calibration_fingerprint(dataset: "Dataset", cfg: CalibrationConfig, samples: int | None = None,
@@ -164,15 +177,18 @@ def load_calibration(source: "StageContext | Dataset", cfg: CalibrationConfig | 
     cfg = cfg or CalibrationConfig()
     n = samples or cfg.samples
     x = calibration_samples(dataset, cfg, n, base_dir)
+    from compress.data.dataset import n_samples
+
+    count = n_samples(x)
     if cfg.path is not None:
         where = f"calibration.path '{cfg.path}'"
-        desc = f"{cfg.path} ({len(x)} sample(s), seed {cfg.seed})"
+        desc = f"{cfg.path} ({count} sample(s), seed {cfg.seed})"
     else:
         where = f"calibration split '{cfg.split}'"
-        desc = f"data split '{cfg.split}' ({len(x)} sample(s), seed {cfg.seed})"
-    if len(x) == 0:
+        desc = f"data split '{cfg.split}' ({count} sample(s), seed {cfg.seed})"
+    if count == 0:
         raise ConfigError(f"{where}: no calibration samples", hint="give the split a share or check the file")
-    if sample_shape is not None:
+    if sample_shape is not None and not isinstance(x, dict):
         want = tuple(int(d) for d in sample_shape)
         have = tuple(int(d) for d in x.shape[1:])
         if len(want) != len(have) or any(w > 0 and w != h for w, h in zip(want, have)):

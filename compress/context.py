@@ -50,6 +50,12 @@ class StageContext:
     #: a folder that survives a killed run of this stage (same cache key): resumable training checkpoints
     checkpoint_dir: Path | None = None
 
+    def __post_init__(self) -> None:
+        if self.measure is None:  # a stage run outside a pipeline (tests, benchmarks): ONNX Runtime defaults
+            from compress.measure import Measure
+
+            self.measure = Measure.standalone(self.dataset, self.export, self.base_dir)
+
     def load_torch(self, art: Artifact) -> "torch.nn.Module":
         """A fresh, independent torch module for ``art`` (stages may modify it freely)."""
         return build_module(art, self.base_dir)

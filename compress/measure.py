@@ -43,6 +43,20 @@ class Measure:
         self._outputs: dict[tuple[str, str], "np.ndarray"] = {}  # in-process memo: (model hash, result key)
         self.last_latency_cached = False  # whether the last latency() call came from the cache
 
+    @classmethod
+    def standalone(cls, dataset: "Dataset", export: Any, base_dir: Path, targets: Sequence[Any] | None = None
+                   ) -> "Measure":
+        """A service outside a pipeline run (a stage called directly): ``targets`` default to ONNX Runtime on
+        CPU with its defaults; nothing is cached between processes (a scratch cache in the temp folder)."""
+        import os
+        import tempfile
+
+        from compress.config import EvaluationConfig, default_target
+
+        root = Path(tempfile.gettempdir()) / f"compress-measure-{os.getpid()}"
+        return cls(Cache(root, enabled=False), targets=list(targets or [default_target()]), dataset=dataset,
+                   export=export, evaluation=EvaluationConfig(), base_dir=base_dir)
+
     # -- targets ----------------------------------------------------------------------------------
     def target(self, name: str | Any | None = None) -> Any:
         """The target config called ``name`` (``None``: the first target; a config passes through)."""
@@ -179,21 +193,35 @@ class Measure:
             return {}, {}
         return self.runtime(target).integer_kernels(model, target)
 
-    def run_samples(self, model: Artifact | Path, target: str | Any | None = None, n: int = 4,
-                    split: str = "eval") -> "np.ndarray":
-        """Outputs of ``model`` (an artifact, or an ONNX file a stage just wrote) on the first ``n`` samples
-        of ``split`` in ``target``'s runtime (not cached: a stage's check that its output loads and runs)."""
+    def infer(self, model: Artifact | Path, feeds: Any = None, target: str | Any | None = None, n: int = 4,
+              split: str = "eval") -> "np.ndarray":
+        """Outputs of ``model`` (an artifact, or an ONNX file a stage just wrote) on ``feeds`` (default: the
+        first ``n`` samples of ``split``) in ``target``'s runtime, with the target's options. Not cached: a
+        stage's check that its output loads, runs and computes what it should."""
         import numpy as np
 
-        from compress.data.dataset import n_samples, repeat_to, take
+        from compress.data.dataset import n_samples, take
 
         target = self.target(target)
-        rt = self.runtime(target)
-        feeds, _ = self.dataset.split_feeds(split)
-        with rt.open(model, target, base_dir=self.base_dir) as sess:
+        if feeds is None:
+            all_feeds, _ = self.dataset.split_feeds(split)
+            feeds = take(all_feeds, np.arange(min(n, n_samples(all_feeds))))
+        k = n_samples(feeds)
+        with self.runtime(target).open(model, target, base_dir=self.base_dir) as sess:
             fixed = _fixed_batch(sess)
-            batch = take(feeds, np.arange(min(n, n_samples(feeds)))) if not fixed else repeat_to(feeds, fixed)
-            return sess.infer(batch)
+            if not fixed or fixed == k:
+                return sess.infer(feeds)
+            outs = []  # a fixed-batch model: chunks of its batch size, the tail padded by repetition
+            for s in range(0, k, fixed):
+                outs.append(sess.infer(take(feeds, np.minimum(np.arange(s, s + fixed), k - 1)))[: min(fixed, k - s)])
+            return np.concatenate(outs)
+
+    def onnx_kernels(self, path: Artifact | Path) -> tuple[dict[str, int], dict[str, int], str]:
+        """(integer kernels, float compute kernels, "target 'name' (runtime)") of an ONNX model as the first
+        ONNX-running target executes it: what a quantization stage checks its output with."""
+        target = self.onnx_target()
+        ints, floats = self.runtime(target).integer_kernels(path, target)
+        return ints, floats, f"target '{target.name}' ({target.runtime})"
 
     def onnx_target(self) -> Any:
         """The first target whose runtime runs ONNX (what a stage checks its ONNX output on); ONNX Runtime

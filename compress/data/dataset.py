@@ -117,7 +117,7 @@ class Dataset:
     def calibration_subset(self, n: int, seed: int = 0) -> np.ndarray:
         """Samples ``x`` (float32, ``(k, *sample_shape)``, k = min(n, calibration size)) of a seeded subset
         of the calibration split; all of it when it has n or fewer samples. Errors if it is empty."""
-        return self.x[self.calibration_indices(n, seed)]
+        return self.feeds(self.calibration_indices(n, seed))
 
     def batches(self, name: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """Consecutive ``(x, y)`` batches of a split, in index order (not shuffled); the last may be short."""

@@ -14,7 +14,6 @@ methods, so that config validation can read every ``Target`` model without loadi
 from __future__ import annotations
 
 import difflib
-import importlib
 import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -174,12 +173,9 @@ BUILTIN: dict[str, str] = {
 @lru_cache(maxsize=1)
 def registry() -> dict[str, str]:
     """Built-in runtimes plus plugins registered under the ``compress.runtimes`` entry-point group."""
-    from importlib.metadata import entry_points
+    from compress.plugins import plugin_table
 
-    table = dict(BUILTIN)
-    for ep in entry_points(group="compress.runtimes"):
-        table.setdefault(ep.name, ep.value)
-    return table
+    return plugin_table(BUILTIN, "compress.runtimes")
 
 
 class _Registry(Mapping):
@@ -209,8 +205,9 @@ def runtime_class(name: str) -> type[Runtime]:
     table = registry()
     if name not in table:
         raise ConfigError(f"unknown runtime {name!r}: {suggest(name)}")
-    module_name, _, cls_name = table[name].partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
+    from compress.plugins import load_object
+
+    cls = load_object(table[name])
     if getattr(cls, "name", None) != name:
         raise ConfigError(f"runtime plug-in {table[name]} is registered as {name!r} but its name is "
                           f"{getattr(cls, 'name', None)!r}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import importlib
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -28,12 +27,9 @@ BUILTIN: dict[str, str] = {
 @lru_cache(maxsize=1)
 def registry() -> dict[str, str]:
     """Built-in stages plus plugins registered under the ``compress.stages`` entry-point group."""
-    from importlib.metadata import entry_points
+    from compress.plugins import plugin_table
 
-    table = dict(BUILTIN)
-    for ep in entry_points(group="compress.stages"):
-        table.setdefault(ep.name, ep.value)
-    return table
+    return plugin_table(BUILTIN, "compress.stages")
 
 
 def suggest(name: str) -> str:
@@ -47,5 +43,6 @@ def get_stage(type_name: str) -> "type[Stage]":
     table = registry()
     if type_name not in table:
         raise KeyError(f"unknown stage type '{type_name}': {suggest(type_name)}")
-    module, _, cls = table[type_name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    from compress.plugins import load_object
+
+    return load_object(table[type_name])

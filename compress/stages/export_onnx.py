@@ -1,7 +1,8 @@
 """``export.onnx``: turn the torch model into the ONNX file that is deployed.
 
 Maps to ``torch.onnx.export`` through :func:`compress.export.export_onnx`, then checks parity: the
-exported model runs in ONNX Runtime on evaluation samples and must match torch within ``atol`` +
+exported model runs, through the measurement service, in the pipeline's first ONNX-running target (ONNX
+Runtime by default) on evaluation samples, every input fed, and must match torch within ``atol`` +
 ``rtol`` (otherwise the stage fails rather than ship a model that computes something else).
 """
 from __future__ import annotations
@@ -21,33 +22,37 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class ExportOnnxConfig(ExportConfig, StageConfig):
-    parity_samples: int = Field(32, ge=0, description="Eval samples compared torch vs ONNX Runtime (0 = skip).")
+    parity_samples: int = Field(32, ge=0, description="Eval samples compared torch vs the ONNX model on the "
+                                "first target that runs ONNX (0 = skip).")
     atol: float = Field(1e-4, ge=0)
     rtol: float = Field(1e-3, ge=0)
 
 
-def parity(model, onnx_path, x) -> tuple[float, "np.ndarray", "np.ndarray"]:
-    """(max |torch - onnxruntime|, torch output, ORT output) over the batch ``x``."""
+def parity(model, onnx_path, feeds, ctx: "StageContext") -> tuple[float, "np.ndarray", "np.ndarray", str]:
+    """(max |torch - runtime|, torch output, runtime output, target name) on ``feeds``; the ONNX file runs
+    through the measurement service on the pipeline's first ONNX-running target, with its options."""
     import numpy as np
-    import onnxruntime as ort
     import torch
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    from compress.data.dataset import take
+
+    tensors = [torch.from_numpy(a) for a in (feeds.values() if isinstance(feeds, dict) else [feeds])]
     with torch.no_grad():
-        ref = model(torch.from_numpy(x)).numpy()
-    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-    return float(np.abs(ref - got).max()), ref, got
+        ref = model(*tensors).numpy()
+    target = ctx.measure.onnx_target()
+    got = ctx.measure.infer(onnx_path, take(feeds, slice(None)), target)
+    return float(np.abs(ref - got).max()), ref, got, target.name
 
 
 class ExportOnnx(Stage):
-    """Export to ONNX (legacy or dynamo exporter) and verify torch/ONNX Runtime parity."""
+    """Export to ONNX (legacy or dynamo exporter) and verify torch/runtime parity."""
 
     type: ClassVar[str] = "export.onnx"
     Config = ExportOnnxConfig
     accepts = (TORCH_FLOAT,)
     produces = ONNX_FLOAT
     trains = False
-    summary = "Export to ONNX (torch.onnx.export) and check parity with ONNX Runtime."
+    summary = "Export to ONNX (torch.onnx.export) and check parity in the first ONNX target runtime."
 
     def run(self, artifact: "Artifact", ctx: "StageContext") -> "Artifact":
         import numpy as np
@@ -58,19 +63,23 @@ class ExportOnnx(Stage):
 
         cfg = self.config
         model = ctx.load_torch(artifact)
-        path = export_onnx(model, artifact.input_shape, ctx.work_dir / ONNX,
-                           ExportConfig(exporter=cfg.exporter, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch),
-                           artifact.input_name)
+        path = export_onnx(model, artifact.input_specs, ctx.work_dir / ONNX,
+                           ExportConfig(exporter=cfg.exporter, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch))
         facts = {"exporter": cfg.exporter, "opset": cfg.opset}
         if cfg.parity_samples:
-            x, _ = ctx.dataset.split("eval")
-            x = x[: cfg.parity_samples] if cfg.dynamic_batch else x[: artifact.input_shape[0]]
-            err, ref, got = parity(model, path, np.ascontiguousarray(x))
+            from compress.data.dataset import n_samples, take
+
+            x, _ = ctx.dataset.split_feeds("eval")
+            k = cfg.parity_samples if cfg.dynamic_batch else artifact.input_shape[0]
+            x = take(x, np.arange(min(k, n_samples(x))))
+            err, ref, got, on = parity(model, path, x, ctx)
             facts["parity_max_abs_diff"] = err
+            facts["parity_target"] = on
             if not np.allclose(ref, got, atol=cfg.atol, rtol=cfg.rtol):
-                raise StageError(f"export.onnx: ONNX Runtime output differs from torch by up to {err:.3g} "
-                                 f"(atol {cfg.atol}, rtol {cfg.rtol})",
+                raise StageError(f"export.onnx: the ONNX model on target '{on}' differs from torch by up to "
+                                 f"{err:.3g} (atol {cfg.atol}, rtol {cfg.rtol})",
                                  hint="try the other exporter or opset, or loosen atol/rtol if expected")
-            ctx.log(f"exported with the {cfg.exporter} exporter, opset {cfg.opset}; parity max |diff| {err:.2e}")
+            ctx.log(f"exported with the {cfg.exporter} exporter, opset {cfg.opset}; parity on '{on}' max |diff| "
+                    f"{err:.2e}")
         return save_onnx(path, ctx.work_dir, like=artifact, producer=ctx.stage_name, precision="float32",
                          facts=facts)

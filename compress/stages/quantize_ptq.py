@@ -329,7 +329,7 @@ class QuantizePTQ(Stage):
 
             def get_next(self):
                 b = next(self._it, None)
-                return None if b is None else {name: b}
+                return None if b is None else _feed(b, name)
 
             def rewind(self):
                 self._it = iter(batches)
@@ -388,7 +388,7 @@ class QuantizePTQ(Stage):
             try:
                 with _quiet():  # its own progress bars would interleave with ours
                     q = nncf.quantize(
-                        model, nncf.Dataset(batches, lambda b: {name: b}), preset=preset[cfg.preset],
+                        model, nncf.Dataset(batches, lambda b: _feed(b, name)), preset=preset[cfg.preset],
                         target_device=nncf.TargetDevice.CPU, subset_size=len(batches),
                         model_type=nncf.ModelType.TRANSFORMER if cfg.model_type == "transformer" else None,
                         fast_bias_correction=cfg.fast_bias_correction,
@@ -467,21 +467,23 @@ def check_ignored(src: Path, patterns: list[str], stage: str) -> None:
 
 
 def runtime_accounting(out: Path, ctx: "StageContext", facts: dict[str, Any], stage: str) -> str:
-    """What ONNX Runtime will *execute*: integer vs float compute kernels in its optimized graph, beside
-    what the quantizer annotated. Refuses a model with no integer kernel at all; says loudly when most
-    compute layers run in float. Returns the artifact precision ("int8" or "mixed")."""
+    """What the runtime will *execute* (the pipeline's first ONNX target, through the measurement service:
+    ONNX Runtime's optimized graph, OpenVINO's compiled layer precisions): integer vs float compute kernels,
+    beside what the quantizer annotated. Refuses a model with no integer kernel at all; says loudly when
+    most compute layers run in float. Returns the artifact precision ("int8" or "mixed")."""
     from compress.errors import StageError
     from compress.facts import onnx_facts
-    from compress.kernels import compute_layers, integer_kernel_counts
+    from compress.kernels import compute_layers
 
-    ints, floats = integer_kernel_counts(out)
+    ints, floats, on = ctx.measure.onnx_kernels(out)
+    facts["kernels_checked_on"] = on
     facts["integer_op_types"] = ints
     facts["integer_ops"] = sum(ints.values())
     facts["float_compute_op_types"] = floats
     facts["float_compute_ops_left"] = sum(floats.values())
     if not ints:
         found = ", ".join(f"{k} x{v}" for k, v in floats.items()) or "float ops"
-        raise StageError(f"{stage}: ONNX Runtime's optimized graph has no integer kernels (only {found}): "
+        raise StageError(f"{stage}: {on} runs no integer kernels (only {found}): "
                          "the model would run as fake-quant in float",
                          hint="check ignored: patterns and op types; with backend: nncf try backend: onnxruntime")
     n_int, n_float = compute_layers({**ints, **floats})
@@ -496,24 +498,31 @@ def runtime_accounting(out: Path, ctx: "StageContext", facts: dict[str, Any], st
     facts["quantized_layers"] = len(annotated)  # what the quantizer annotated (weights and activations)
     facts["float_layers"] = sorted(k for k in layers if k not in annotated)
     total = n_int + n_float
-    ctx.log(f"{n_int} of {total} compute layer(s) run as INT8 kernels in ONNX Runtime's optimized graph ("
+    ctx.log(f"{n_int} of {total} compute layer(s) run as INT8 kernels on {on} ("
             + ", ".join(f"{k} x{v}" for k, v in ints.items())
             + (f"; float: {', '.join(f'{k} x{v}' for k, v in floats.items())}" if floats else "")
             + f"); the quantizer annotated {len(annotated)} of {len(layers)}")
     if n_float > n_int:
         facts["mostly_float"] = True
         ctx.log(f"WARNING: the output runs MOSTLY IN FLOAT: {n_float} of {total} compute layers are float kernels "
-                f"in ONNX Runtime, whatever the quantizer annotated")
+                f"on {on}, whatever the quantizer annotated")
     return "int8" if n_float == 0 else "mixed"
+
+def _feed(batch: Any, name: str) -> dict:
+    """A calibration batch as the model's feed: named inputs as they are, one array under ``name``."""
+    return dict(batch) if isinstance(batch, dict) else {name: batch}
+
 
 def _exact_batches(cal: "CalibrationSet", bs: int, fixed: bool) -> list:
     """Batches of ``bs`` samples; for a fixed-batch model the tail is padded by repeating samples."""
     import numpy as np
 
+    from compress.data.dataset import n_samples, take
+
     out = list(cal.batches(bs))
-    if out and fixed and len(out[-1]) < bs:
-        last = out[-1]
-        out[-1] = np.concatenate([last, np.repeat(last[-1:], bs - len(last), axis=0)])
+    if out and fixed and n_samples(out[-1]) < bs:
+        k = n_samples(out[-1])
+        out[-1] = take(out[-1], np.minimum(np.arange(bs), k - 1))
     return out
 
 

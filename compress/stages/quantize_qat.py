@@ -86,13 +86,12 @@ def store_int8_weights(src: "Path", dst: "Path") -> None:
     """Write ``src`` to ``dst`` through ONNX Runtime's basic-level (portable) optimizer, which folds
     ``QuantizeLinear(float weight)`` into int8 initializers; keep only the opset imports nodes use."""
     import onnx
-    import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.optimized_model_filepath = str(dst)
-    so.log_severity_level = 3
-    ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
+    from compress.runtimes import get_runtime
+    from compress.runtimes.onnxruntime import OrtTarget
+
+    # a graph rewrite, not a measurement: ORT's portable 'basic' level, whatever the pipeline's targets
+    get_runtime("onnxruntime").optimize(src, OrtTarget(name="fold-int8-weights", graph_optimization="basic"), dst)
     model = onnx.load(str(dst))
     used = {n.domain for n in model.graph.node} | {""}
     keep = [o for o in model.opset_import if o.domain in used]
@@ -224,15 +223,14 @@ class QuantizeQAT(Stage):
         out = export_quantized(qmodel, artifact.input_shape, artifact.input_name, ctx.work_dir / ONNX,
                                ctx.export, int8_weights=cfg.int8_weights)
         facts.update({"exporter": "legacy", "opset": ctx.export.opset})
-        from compress.kernels import integer_kernel_counts
-
-        integer, floats = integer_kernel_counts(out)
+        integer, floats, on = ctx.measure.onnx_kernels(out)
         facts["integer_ops"] = integer
         facts["float_compute_ops_left"] = floats
+        facts["kernels_checked_on"] = on
         if not integer:
-            raise StageError("quantize.qat: ONNX Runtime runs no integer kernels on the exported model (it would "
+            raise StageError(f"quantize.qat: {on} runs no integer kernels on the exported model (it would "
                              "execute the fake-quantized graph in float)",
                              hint="keep fold_bn: true and check that 'ignored' does not exclude every layer")
         facts["layer_precision"] = onnx_facts(out)["layer_precision"]
-        ctx.log("ONNX Runtime integer kernels: " + ", ".join(f"{k} x{v}" for k, v in integer.items()))
+        ctx.log(f"{on} integer kernels: " + ", ".join(f"{k} x{v}" for k, v in integer.items()))
         return save_onnx(out, ctx.work_dir, like=artifact, producer=ctx.stage_name, precision="int8", facts=facts)

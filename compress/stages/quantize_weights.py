@@ -381,24 +381,15 @@ class QuantizeWeights(Stage):
         return save_onnx(path, ctx.work_dir, like=artifact, producer=ctx.stage_name, precision=precision, facts=facts)
 
     def _check_loads(self, path: Path, artifact: "Artifact", ctx: "StageContext") -> None:
-        """Open the result in ONNX Runtime and run a few samples: MatMulNBits shape errors surface here."""
-        import numpy as np
-        import onnxruntime as ort
+        """Run the result on a few samples in the pipeline's first ONNX-running target (through the
+        measurement service, with the target's options): MatMulNBits shape errors surface here."""
+        from compress.errors import CompressError, StageError
 
-        from compress.errors import StageError
-
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.intra_op_num_threads = 1
+        target = ctx.measure.onnx_target()
         try:
-            sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-            inp = sess.get_inputs()[0]
-            batch = inp.shape[0] if isinstance(inp.shape[0], int) else 4
-            x, _ = ctx.dataset.split("eval")
-            x = x[:batch] if len(x) >= batch else np.zeros((batch, *artifact.input_shape[1:]), np.float32)
-            sess.run(None, {inp.name: np.ascontiguousarray(x)})
+            ctx.measure.infer(path, target=target, n=4)
         except Exception as e:  # noqa: BLE001
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise StageError(f"quantize.weights: ONNX Runtime {ort.__version__} cannot run the {self.config.backend} "
-                             f"output: {first}",
+            msg = e.message if isinstance(e, CompressError) else (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise StageError(f"quantize.weights: target '{target.name}' ({target.runtime}) cannot run the "
+                             f"{self.config.backend} output: {msg}",
                              hint="try symmetric: true or backend: onnxruntime") from e
