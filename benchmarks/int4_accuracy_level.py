@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,10 +38,10 @@ VARIANTS = {
 
 def target(batch: int, min_seconds: float):
     from compress.runtimes import TimingPolicy
+    from compress.runtimes.onnxruntime import OrtTarget
 
-    return SimpleNamespace(name="ort-cpu", runtime="onnxruntime", threads=1, inter_op_threads=1,
-                           graph_optimization="all", providers=["CPUExecutionProvider"], batch_size=batch,
-                           timing=TimingPolicy(min_seconds=min_seconds, max_seconds=max(15.0, 3 * min_seconds)))
+    return OrtTarget(name="ort-cpu", threads=1, inter_op_threads=1, graph_optimization="all", batch_size=batch,
+                     timing=TimingPolicy(min_seconds=min_seconds, max_seconds=max(15.0, 3 * min_seconds)))
 
 
 def main(argv: list[str] | None = None) -> dict:

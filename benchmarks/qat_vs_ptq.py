@@ -29,14 +29,11 @@ sys.path.insert(0, str(ROOT))
 
 
 def ort_accuracy(path: Path, dataset) -> float:
-    from types import SimpleNamespace
-
     from compress.evaluation import run_outputs, score
-    from compress.runtimes import TimingPolicy, get_runtime
+    from compress.runtimes import get_runtime
+    from compress.runtimes.onnxruntime import OrtTarget
 
-    target = SimpleNamespace(name="ort-cpu", runtime="onnxruntime", threads=1, inter_op_threads=1,
-                             graph_optimization="all", providers=["CPUExecutionProvider"], batch_size=1,
-                             timing=TimingPolicy())
+    target = OrtTarget(name="ort-cpu", threads=1, inter_op_threads=1, graph_optimization="all", batch_size=1)
     with get_runtime("onnxruntime").open(path, target) as sess:
         outputs = run_outputs(sess, dataset, "eval", 256)
     return score(outputs, dataset.split("eval")[1], None)["accuracy"]
