@@ -160,6 +160,12 @@ def target_union() -> Any:
     return Annotated[Union[models], Discriminator(_runtime_tag)]
 
 
+def TargetConfig(**fields: Any) -> Any:  # noqa: N802 - reads like the class it used to be
+    """A target built in code: ``TargetConfig(name="x", runtime="openvino", threads=1)`` validated into its
+    runtime's options model (see :func:`parse_target`)."""
+    return parse_target(fields)
+
+
 def parse_target(raw: dict[str, Any], where: str = "target") -> Any:
     """Validate one target mapping outside a pipeline (``compress bench``); one-line ConfigError."""
     from pydantic import TypeAdapter

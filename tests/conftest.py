@@ -59,3 +59,34 @@ def tiny_yaml(tmp_path: Path):
         return write_yaml(tmp_path / "pipe.yaml", tiny_pipeline(tmp_path, **overrides))
 
     return make
+
+
+@pytest.fixture
+def add_runtime():
+    """Register Runtime classes as plug-ins for one test (what a ``compress.runtimes`` entry point does)."""
+    import sys
+    import types
+
+    from compress import config
+    from compress.runtimes import base
+
+    added: list[tuple[str, str]] = []
+
+    def clear() -> None:
+        base.registry.cache_clear()
+        config.target_union.cache_clear()
+        config.pipeline_model.cache_clear()
+
+    def add(cls) -> None:
+        mod = types.ModuleType(f"compress_test_runtime_{cls.name}")
+        setattr(mod, cls.__name__, cls)
+        sys.modules[mod.__name__] = mod
+        base.BUILTIN[cls.name] = f"{mod.__name__}:{cls.__name__}"
+        added.append((cls.name, mod.__name__))
+        clear()
+
+    yield add
+    for name, module in added:
+        base.BUILTIN.pop(name, None)
+        sys.modules.pop(module, None)
+    clear()

@@ -1,6 +1,8 @@
 """prune.structured: exact channel counts, history replay, awkward topologies, targets."""
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 import torch
 from torch import nn
@@ -9,6 +11,8 @@ from compress.artifact import build_module, save_torch
 from compress.context import StageContext
 from compress.data import Dataset
 from compress.export import ExportConfig, export_onnx
+from compress.runtimes.base import Runtime, onnx_path
+from compress.runtimes.onnxruntime import OrtTarget
 from compress.stages.prune_structured import (
     PruneStructured, PruneStructuredConfig, history_json, make_pruner, output_layers, replay,
 )
@@ -192,16 +196,23 @@ def conv_cost_ms(onnx_path) -> float:
     return 0.2 + n / 1e4
 
 
-class FakeRuntime:
+class FakeTarget(OrtTarget):
+    """ONNX Runtime's options under another runtime name."""
+
+    runtime: Literal["fake"] = "fake"
+
+
+class FakeRuntime(Runtime):
     """Runs outputs in ONNX Runtime, but one timed call costs ``conv_cost_ms`` on a virtual clock."""
 
     name = "fake"
+    Target = FakeTarget
 
-    def open(self, onnx_path, target):
+    def open(self, model, target, *, base_dir=None):
         from compress.runtimes.onnxruntime import OnnxRuntime
 
-        sess = OnnxRuntime().open(onnx_path, target)
-        cost = conv_cost_ms(onnx_path) / 1e3
+        sess = OnnxRuntime().open(model, target)
+        cost = conv_cost_ms(onnx_path(model)) / 1e3
 
         def runner(x):
             def call():
@@ -218,16 +229,15 @@ class FakeRuntime:
         return {}
 
 
-def test_latency_target_stops_on_a_fake_runtime(tiny_yaml, tmp_path, monkeypatch):
+def test_latency_target_stops_on_a_fake_runtime(tiny_yaml, tmp_path, monkeypatch, add_runtime):
     import json
 
     from click.testing import CliRunner
 
     from compress.cli import main
-    from compress.runtimes import base, timing
+    from compress.runtimes import timing
 
-    monkeypatch.setitem(base.RUNTIMES, "fake", f"{__name__}:FakeRuntime")
-    monkeypatch.setitem(base._REQUIRES, "fake", "onnxruntime")
+    add_runtime(FakeRuntime)
     monkeypatch.setitem(timing.measure_interleaved.__kwdefaults__, "clock", _Clock())
     from conftest import FAST_TIMING
 

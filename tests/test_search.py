@@ -95,9 +95,9 @@ def _graph_cost(path) -> float:
 
 
 @pytest.fixture
-def synthetic_runtime(monkeypatch):
-    from compress.runtimes import base, timing
-    from compress.runtimes.base import Runtime, Session
+def synthetic_runtime(monkeypatch, add_runtime):
+    from compress.runtimes import timing
+    from compress.runtimes.base import Runtime, Session, onnx_path
 
     clock = [0.0]
 
@@ -118,24 +118,13 @@ def synthetic_runtime(monkeypatch):
     class SynthRuntime(Runtime):
         name = "synthetic"
 
-        def open(self, onnx_path, target):
-            return SynthSession(onnx_path)
+        def open(self, model, target, *, base_dir=None):
+            return SynthSession(onnx_path(model))
 
         def versions(self):
             return {}
 
-        def optimized_op_counts(self, onnx_path, target):
-            return {}
-
-    import sys
-    import types
-
-    mod = types.ModuleType("compress_test_synth_runtime")
-    mod.SynthRuntime = SynthRuntime
-    monkeypatch.setitem(sys.modules, mod.__name__, mod)
-    monkeypatch.setitem(base.RUNTIMES, "synthetic", f"{mod.__name__}:SynthRuntime")
-    if hasattr(base, "_REQUIRES"):
-        monkeypatch.setitem(base._REQUIRES, "synthetic", "numpy")
+    add_runtime(SynthRuntime)
     monkeypatch.setitem(timing.measure_interleaved.__kwdefaults__, "clock", lambda: clock[0])
     return clock
 

@@ -117,6 +117,19 @@ class Runtime(ABC):
     requires: ClassVar[str | None] = None
     summary: ClassVar[str] = ""
 
+    def __init_subclass__(cls, **kw: Any) -> None:
+        """A runtime that declares no ``Target`` gets one with no options of its own (name, runtime,
+        batch_size, timing only: every other key is rejected)."""
+        super().__init_subclass__(**kw)
+        name = cls.__dict__.get("name")
+        if isinstance(name, str) and "Target" not in cls.__dict__:
+            from typing import Literal
+
+            from pydantic import create_model
+
+            cls.Target = create_model(f"{cls.__name__}Target", __base__=TargetBase,
+                                      runtime=(Literal[name], name))  # type: ignore[valid-type]
+
     def runs(self, fmt: str) -> bool:
         return fmt in self.formats
 
