@@ -35,7 +35,8 @@ def main() -> None:
     \b
       compress run pipelines/quickstart.yaml     run a pipeline, write report.json/.md, gate
       compress validate pipeline.yaml            check a pipeline without loading a model
-      compress report runs/x/report.json         render a report again (Markdown or table)
+      compress report runs/x/report.json         render a report again (Markdown, table or HTML)
+      compress diff A/report.json B/report.json  what changed between two reports
       compress schema                            JSON Schema of the pipeline format
       compress stages                            list stage types and zoo models
       compress cache verify | gc                 check the cache, trim it
@@ -52,8 +53,10 @@ def main() -> None:
               "or runs/<pipeline name>).")
 @click.option("--no-cache", is_flag=True, help="Recompute every stage (the cache is still written).")
 @click.option("--remeasure", is_flag=True, help="Re-time and re-evaluate even when results are cached.")
+@click.option("--junit", "junit", type=click.Path(dir_okay=False), help="Also write the gates as JUnit XML here "
+              "(one test case per gate) for CI test reports.")
 def run(pipeline: str, quiet: bool, verbose: bool, wide: bool, output_dir: str | None, no_cache: bool,
-        remeasure: bool) -> None:
+        remeasure: bool, junit: str | None) -> None:
     """Run PIPELINE: baseline, each stage in order, export, evaluate and time every artifact on every
     target, write the report and check the gates.
 
@@ -88,7 +91,18 @@ def run(pipeline: str, quiet: bool, verbose: bool, wide: bool, output_dir: str |
     from compress.report.console import print_report
 
     print_report(ui, report, runner.report_path, wide=wide or verbose)
+    if junit:
+        _write_junit(junit, report, loaded.config.fail_on_unstable)
     sys.exit({"passed": 0, "gate_failed": 1, "unstable": 4}[report.status])
+
+
+def _write_junit(path: str, report, fail_on_unstable: bool) -> None:
+    from pathlib import Path
+
+    from compress.report.junit import render_junit
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(render_junit(report, fail_on_unstable))
 
 
 run.help = (run.help or "") + "\n\n" + EXIT_CODES  # type: ignore[operator]
@@ -128,15 +142,38 @@ def validate(pipeline: str, output_dir: str | None) -> None:
 
 @main.command()
 @click.argument("report_json", type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["md", "table"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "table", "html"]), default="md", show_default=True)
 @click.option("-w", "--wide", is_flag=True, help="Table: every column (default: the ones that fit 80 columns).")
-def report(report_json: str, fmt: str, wide: bool) -> None:
-    """Render a report.json again (Markdown for a PR comment, or the terminal table); exit 1 if it failed a gate."""
+@click.option("--junit", "junit", type=click.Path(dir_okay=False), help="Also write the gates as JUnit XML here.")
+def report(report_json: str, fmt: str, wide: bool, junit: str | None) -> None:
+    """Render a report.json again (Markdown for a PR comment, the terminal table, or self-contained HTML);
+    exit 1 if it failed a gate."""
+    from pathlib import Path
+
+    from compress.report.markdown import render_markdown
+
+    rep = _read_report(report_json)
+    if junit:
+        _write_junit(junit, rep, rep.status == "unstable")
+    if fmt == "md":
+        click.echo(render_markdown(rep), nl=False)
+    elif fmt == "html":
+        from compress.report.html import render_html
+
+        click.echo(render_html(rep), nl=False)
+    else:
+        from compress.report.console import print_report
+        from compress.ui import UI
+
+        print_report(UI(), rep, Path(report_json), wide=wide)
+    sys.exit(1 if rep.status == "gate_failed" else 0)
+
+
+def _read_report(report_json: str):
     from pathlib import Path
 
     from pydantic import ValidationError
 
-    from compress.report.markdown import render_markdown
     from compress.report.model import Report
     from compress.ui import UI
 
@@ -155,13 +192,18 @@ def report(report_json: str, fmt: str, wide: bool) -> None:
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         UI().error(f"{report_json}: not a compress report (schema version 1): {field}: {err['msg']}")
         sys.exit(2)
-    if fmt == "md":
-        click.echo(render_markdown(rep), nl=False)
-    else:
-        from compress.report.console import print_report
+    return rep
 
-        print_report(UI(), rep, Path(report_json), wide=wide)
-    sys.exit(1 if rep.status == "gate_failed" else 0)
+
+@main.command()
+@click.argument("a", type=click.Path(exists=True, dir_okay=False))
+@click.argument("b", type=click.Path(exists=True, dir_okay=False))
+def diff(a: str, b: str) -> None:
+    """Compare two report.json files (Markdown): accuracy, fidelity, size, gates, and latency when both were
+    measured on the same kind of machine."""
+    from compress.report.diff import diff_reports
+
+    click.echo(diff_reports(_read_report(a), _read_report(b), a, b), nl=False)
 
 
 @main.command()

@@ -302,6 +302,7 @@ class RegressionConfig(_Strict):
 class OutputConfig(_Strict):
     dir: str | None = Field(None, description="Run folder; default runs/<pipeline name>.")
     cache_dir: str = Field(".compress-cache", description="Stage artifact cache, shared between runs.")
+    html: bool = Field(True, description="Also write a self-contained report.html (charts as inline SVG).")
 
 
 class StageSpecBase(_Strict):

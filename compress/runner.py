@@ -306,6 +306,10 @@ class Runner:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "report.json").write_text(report.model_dump_json(indent=2))
         (self.out_dir / "report.md").write_text(render_markdown(report))
+        if self.cfg.output.html:
+            from compress.report.html import render_html
+
+            (self.out_dir / "report.html").write_text(render_html(report))
         final_onnx = Path(report.records()[-1].artifact.onnx_path)
         shutil.copyfile(final_onnx, self.out_dir / "model.onnx")
         self.report_path = self.out_dir / "report.json"

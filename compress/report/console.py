@@ -62,7 +62,7 @@ def print_report(ui, report: Report, path: Path, wide: bool = False) -> None:
         ui.warn(w)
     status = {"passed": "[green]passed[/green]", "gate_failed": "[bold red]GATE FAILED[/bold red]",
               "unstable": "[bold yellow]UNSTABLE MEASUREMENT[/bold yellow]"}[report.status]
-    beside = [f for f in ("report.md", "model.onnx") if (path.parent / f).is_file()]
+    beside = [f for f in ("report.md", "report.html", "model.onnx") if (path.parent / f).is_file()]
     ui.out.print(f"{status} — report: {path}" + (f" ({' and '.join(beside)} beside it)" if beside else ""))
     if not wide:
         ui.out.print("[dim](--wide for every column: type, cosine, p90, params, MACs, precision, cached)[/dim]")

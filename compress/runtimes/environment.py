@@ -175,3 +175,20 @@ def fingerprint(threads: dict | None = None) -> dict:
         "thread_env": {var: os.environ.get(var) for var in THREAD_ENV_VARS},
         "threads": dict(threads) if threads else {},
     }
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    """What makes latency measured under fingerprint ``a`` incomparable with ``b``: CPU model, ISA flags
+    (VNNI, AVX-512, AMX change which kernels run), core count, runtime version. Empty when comparable."""
+    out = []
+    for key, label in (("cpu_model", "CPU"), ("cpu_flags", "ISA flags"), ("usable_cores", "usable cores")):
+        va, vb = a.get(key), b.get(key)
+        if key == "cpu_flags":
+            va, vb = sorted(va or []), sorted(vb or [])
+        if va != vb:
+            show = (lambda v: ", ".join(v) or "none") if key == "cpu_flags" else str
+            out.append(f"{label}: {show(va)} vs {show(vb)}")
+    pa, pb = (a.get("packages") or {}).get("onnxruntime"), (b.get("packages") or {}).get("onnxruntime")
+    if pa != pb:
+        out.append(f"onnxruntime {pa} vs {pb}")
+    return out
