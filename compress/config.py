@@ -622,6 +622,11 @@ def check_paths(loaded: LoadedConfig) -> None:
     if cal and not loaded.resolve(cal).exists():
         problems.append(f"{loaded.where('calibration', 'path')} calibration.path: '{cal}' not found (relative paths "
                         f"resolve against {loaded.base_dir}; see calibration/README.md)")
+    for i, g in enumerate(cfg.gates):
+        if g.against and not loaded.resolve(g.against).is_file():
+            problems.append(f"{loaded.where('gates', i, 'against')} gates[{i}].against: '{g.against}' not found "
+                            f"(a released model.onnx or a previous report.json; relative paths resolve against "
+                            f"{loaded.base_dir})")
     if problems:
         raise ConfigError("\n".join(problems))
 

@@ -106,10 +106,12 @@ class Runner:
             named[spec.name] = art
             records.append(self._record(spec.name, spec.type, spec.config.model_dump(mode="json"), art, hit, secs))
     
+        refs = self._references(self._artifacts[records[0].name])  # released models named by gates' against:
         # evaluation (quality) and latency, per target
         for target in self.cfg.targets:
             self._evaluate_all(target, records)
-            self._time_all(target, records)
+            self._evaluate_references(target, records, refs)
+            self._time_all(target, records, refs)
         self._compare(records)
 
         report = Report(
@@ -117,7 +119,7 @@ class Runner:
             created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             environment=fingerprint(), data=ds.describe(),
             targets=[t.model_dump(mode="json") for t in self.cfg.targets],
-            baseline=records[0], stages=records[1:], warnings=self.warnings,
+            baseline=records[0], stages=records[1:], warnings=self.warnings, references=refs,
         )
         from compress.report.gate import check_gates
 
@@ -212,17 +214,64 @@ class Runner:
                 n_eval=res["n"], session=res["session"], optimized_ops=res["optimized_ops"],
                 kernels=res.get("kernels", {}), na=res.get("na"))
 
-    def _time_all(self, target, records: list[StageRecord]) -> None:
+    def _references(self, baseline: Artifact) -> list[StageRecord]:
+        """One record per released model that a gate compares with (``against:``), re-measured here."""
+        from compress import release
+        from compress.runtimes.environment import fingerprint
+
+        refs: list[StageRecord] = []
+        for i, g in enumerate(self.cfg.gates):
+            if g.against is None or any(r.name == g.against for r in refs):
+                continue
+            art, info = release.load(g.against, self.loaded, self.cache, baseline,
+                                     f"{self.loaded.where('gates', i, 'against')} gates[{i}].against")
+            rec = self._record(g.against, "reference", {}, art, False, 0.0)
+            rec.facts["reference"] = {k: v for k, v in info.items() if k != "environment"}
+            if info.get("environment"):
+                rec.facts["source_environment"] = info["environment"]
+            note = release.machine_note(info, fingerprint())
+            if note:
+                rec.warnings.append(note)
+                self._warn(note)
+            refs.append(rec)
+        return refs
+
+    def _evaluate_references(self, target, records: list[StageRecord], refs: list[StageRecord]) -> None:
+        """Each released model on this run's data, in this target's runtime, and every record's fidelity
+        to it (``Measurement.vs_reference``)."""
+        from compress.evaluation import FIDELITY, fidelity
+
+        for ref in refs:
+            art = self._artifacts[ref.name]
+            res = self.measure.evaluate([art], target, reference=self._artifacts[records[0].name])[0]
+            ref.measurements[target.name] = Measurement(
+                target=target.name, accuracy=res["accuracy"], **{k: res.get(k) for k in FIDELITY},
+                n_eval=res["n"], session=res["session"], optimized_ops=res["optimized_ops"])
+            ref_out = self.measure.outputs(art, target)
+            for rec in records:
+                out = self.measure.outputs(self._artifacts[rec.name], target)
+                if out.shape != ref_out.shape:
+                    raise CompressError(f"gates: against '{ref.name}' gives outputs of shape {ref_out.shape[1:]}, "
+                                        f"'{rec.name}' {out.shape[1:]}: not the same task")
+                rec.measurements[target.name].vs_reference[ref.name] = fidelity(out, ref_out)
+
+    def _time_all(self, target, records: list[StageRecord], refs: list[StageRecord] = ()) -> None:
         from compress.report.gate import latency_questions, measurement_decided
 
-        arts = [self._artifacts[r.name] for r in records]
-        names = {"baseline": records[0].name, "final": records[-1].name, **{r.name: r.name for r in records}}
+        timed = [*records, *refs]  # released models are timed interleaved with the candidates
+        arts = [self._artifacts[r.name] for r in timed]
+        names = {"baseline": records[0].name, "final": records[-1].name, **{r.name: r.name for r in timed}}
         questions = latency_questions(self.cfg.gates, target.name, self.cfg.targets[0].name, names)
         until = (lambda stats: measurement_decided(questions, stats)) if questions else None
         stats = self.measure.latency(arts, target, label=f"timing {len(arts)} artifact(s) on {target.name} "
-                                     f"(interleaved)", names=[r.name for r in records], until=until)
-        for rec, st in zip(records, stats):
+                                     f"(interleaved)", names=[r.name for r in timed], until=until)
+        for rec, st in zip(timed, stats):
             rec.measurements[target.name].latency = st
+        base = records[0].measurements[target.name].latency
+        for ref in refs:
+            m = ref.measurements[target.name]
+            m.speedup_vs_baseline = round(Measure.speedup(base, m.latency), 4)
+            m.speedup_ci, m.speedup_rounds = _speedup_ci(base, m.latency)
         if self.measure.last_latency_cached:
             self.ui.info(f"[green]✓[/green] latency on {target.name}: [dim]cached, not re-measured "
                          f"(--remeasure to time again)[/dim]")

@@ -129,6 +129,32 @@ def stage_details(report: Report) -> list[str]:
     return lines
 
 
+def reference_lines(report: Report) -> list[str]:
+    """The released models gates compared with, re-measured on this machine, and the final stage vs each."""
+    if not report.references:
+        return []
+    final = report.record("final")
+    lines = ["", "### Compared with the released model (re-measured here, timed interleaved, same data)", "",
+             "| reference | target | its accuracy % | its p50 ms | final: accuracy % | final: agreement % | "
+             "final: time vs reference |", "|---|---|---|---|---|---|---|"]
+    for ref in report.references:
+        for t, rm in ref.measurements.items():
+            m = final.measurements.get(t)
+            if m is None:
+                continue
+            vs = m.vs_reference.get(ref.name) or {}
+            ratio = "—"
+            if m.latency and rm.latency:
+                from compress.report.gate import latency_interval
+
+                ci = latency_interval("latency_p50", m.latency, rm.latency, 0.95)
+                if ci and ci.point is not None:
+                    ratio = f"{ci.point:+.1f}%" + (f" [{ci.low:+.1f}, {ci.high:+.1f}]" if ci.bounded else "")
+            lines.append(f"| `{ref.name}` | {t} | {_fmt(rm.accuracy)} | {_fmt(rm.latency.p50_ms if rm.latency else None, '.3f')} "
+                         f"| {_fmt(m.accuracy)} | {_fmt(vs.get('agreement'), '.1f')} | {ratio} |")
+    return lines
+
+
 def render_markdown(report: Report) -> str:
     status = {"passed": "✅ passed", "gate_failed": "❌ gate failed", "unstable": "⚠️ unstable measurement"}
     lines = [f"## compress: `{report.pipeline_name}` — {status[report.status]}", ""]
@@ -147,6 +173,7 @@ def render_markdown(report: Report) -> str:
     if report.gates:
         lines += ["", "### Gates", "", "| " + " | ".join(GATE_COLUMNS) + " |", "|" + "---|" * len(GATE_COLUMNS)]
         lines += ["| " + " | ".join(r) + " |" for r in gate_rows(report)]
+    lines += reference_lines(report)
     if report.warnings:
         lines += ["", "### Warnings", ""] + [f"- ⚠️ {w}" for w in report.warnings]
     return "\n".join(lines) + "\n"
