@@ -113,13 +113,14 @@ class Runner:
             self._evaluate_references(target, records, refs)
             self._time_all(target, records, refs)
         self._compare(records)
+        peaks = self._efficiency([*records, *refs])
 
         report = Report(
             tool_version=__version__, pipeline=str(self.loaded.path), pipeline_name=self.loaded.name,
             created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             environment=fingerprint(), data=ds.describe(),
             targets=[t.model_dump(mode="json") for t in self.cfg.targets],
-            baseline=records[0], stages=records[1:], warnings=self.warnings, references=refs,
+            baseline=records[0], stages=records[1:], warnings=self.warnings, references=refs, peak=peaks,
         )
         from compress.report.gate import check_gates
 
@@ -235,6 +236,26 @@ class Runner:
                 self._warn(note)
             refs.append(rec)
         return refs
+
+    def _efficiency(self, records: list[StageRecord]) -> dict[str, Any]:
+        """This machine's peak MAC rate per target (compress/peak.py, cached per machine) and every record's
+        efficiency = MACs / p50 / peak for its precision."""
+        from compress.peak import efficiency, peak
+        from compress.runtimes.environment import fingerprint
+
+        env, peaks = fingerprint(), {}
+        for t in self.cfg.targets:
+            try:
+                peaks[t.name] = p = peak(self.measure, t, env)
+            except Exception as e:  # noqa: BLE001 - a runtime without QLinearConv: report it, keep the run
+                self._warn(f"peak MAC rate on {t.name} not measured ({type(e).__name__}: {str(e)[:120]}); "
+                           f"no efficiency figures")
+                continue
+            for rec in records:
+                m = rec.measurements.get(t.name)
+                if m and m.latency:
+                    m.efficiency = efficiency(rec.artifact.macs, m.latency.p50_ms, rec.artifact.precision, p["gmacs"])
+        return peaks
 
     def _evaluate_references(self, target, records: list[StageRecord], refs: list[StageRecord]) -> None:
         """Each released model on this run's data, in this target's runtime, and every record's fidelity

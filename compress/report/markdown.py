@@ -119,6 +119,10 @@ def stage_details(report: Report) -> list[str]:
         if hist:
             parts.append("layers: " + ", ".join(f"{k} ×{v}" for k, v in sorted(hist.items())))
         for t, m in rec.measurements.items():
+            if m.efficiency is not None:
+                prec = "float32" if rec.artifact.precision == "float32" else "int8"
+                parts.append(f"{t} efficiency: {m.efficiency:.1%} of this machine's {prec} peak "
+                             f"({report.peak.get(t, {}).get('gmacs', {}).get(prec, 0):.1f} GMAC/s)")
             if rec is not report.baseline and (fid := fidelity_line(m)):
                 parts.append(f"{t} fidelity vs baseline: {fid}")
             if m.optimized_ops:
