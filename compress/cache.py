@@ -288,7 +288,8 @@ class Cache:
                 age = now - p.lstat().st_mtime
             except OSError:
                 continue
-            if age < older_than_s or self.locked(p.name.split("-")[0]):
+            # result files are written unlocked and renamed within moments: leave young ones alone
+            if age < (older_than_s if p.is_dir() else max(older_than_s, 60.0)) or self.locked(p.name.split("-")[0]):
                 continue
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             removed.append(str(p))
