@@ -135,9 +135,10 @@ PARTS = {"headline": headline, "kd": kd, "latency": latency, "magnitude": magnit
 def main(argv: list[str]) -> int:
     names = argv or list(PARTS)
     out_json = ROOT / "reports" / "prune_acceptance.json"
-    results = json.loads(out_json.read_text()) if out_json.is_file() else {}
     for n in names:
-        results[n] = PARTS[n]()
+        part = PARTS[n]()
+        results = json.loads(out_json.read_text()) if out_json.is_file() else {}  # parts may run concurrently
+        results[n] = part
         out_json.write_text(json.dumps(results, indent=2))
     (ROOT / "reports" / "prune_acceptance.md").write_text(render(results))
     return 0
