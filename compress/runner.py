@@ -45,7 +45,7 @@ class Runner:
     # ---------------------------------------------------------------------------------------------
     def run(self) -> Report:
         from compress.preflight import preflight
-        from compress.runtimes.environment import fingerprint
+        from compress.runtimes.environment import accelerators, fingerprint
 
         started = time.monotonic()
         checked = preflight(self.loaded, self._out_override, create=True)  # everything that needs no training
@@ -118,7 +118,7 @@ class Runner:
         report = Report(
             tool_version=__version__, pipeline=str(self.loaded.path), pipeline_name=self.loaded.name,
             created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            environment=fingerprint(), data=ds.describe(),
+            environment=fingerprint(gpu=accelerators(self.cfg.targets)), data=ds.describe(),
             targets=[t.model_dump(mode="json") for t in self.cfg.targets],
             baseline=records[0], stages=records[1:], warnings=self.warnings, references=refs, peak=peaks,
         )

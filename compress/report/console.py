@@ -38,8 +38,10 @@ def print_report(ui, report: Report, path: Path, wide: bool = False) -> None:
     for c in cols:
         table.add_column(c if wide else SHORT.get(c, c), justify="left" if c in _LEFT else "right",
                          no_wrap=c != "stage", overflow="fold")
-    for r in rows(report):
-        table.add_row(*(r[i] for i in idx))
+    all_rows = rows(report)  # grouped by target: a rule between the groups
+    for k, r in enumerate(all_rows):
+        last_of_group = k + 1 < len(all_rows) and all_rows[k + 1][2] != r[2]
+        table.add_row(*(r[i] for i in idx), end_section=last_of_group)
     ui.out.print(table)
     if report.gates:
         gt = Table(title="gates", box=box.SIMPLE_HEAD if not wide else box.HEAVY_HEAD, pad_edge=wide)

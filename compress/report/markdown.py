@@ -68,11 +68,28 @@ def interval(g) -> str:
 GATE_COLUMNS = ["result", "gate", "threshold", "observed [interval]", "margin", "note"]
 
 
-def rows(report: Report) -> list[list[str]]:
+def target_names(report: Report) -> list[str]:
+    """The targets of a report, in the pipeline's order."""
+    names = [t["name"] for t in report.targets if "name" in t]
+    seen = {t for r in report.records() for t in r.measurements}
+    return [n for n in names if n in seen] + sorted(seen - set(names))
+
+
+def rows(report: Report, target: str | None = None) -> list[list[str]]:
+    """One row per (target, stage), grouped by target in the pipeline's order (only ``target`` if given).
+    An artifact a target's runtime cannot run shows ``n/a`` (e.g. an ONNX-only artifact on a torch target)."""
     out = []
     base = report.baseline
-    for rec in report.records():
-        for t, m in rec.measurements.items():
+    for t in target_names(report) if target is None else [target]:
+        for rec in report.records():
+            m = rec.measurements.get(t)
+            if m is None:
+                continue
+            if m.na:
+                out.append([rec.name, rec.type, t, *["n/a"] * (len(COLUMNS) - 8), f"{rec.artifact.size_bytes / 1e6:.2f} MB",
+                            _human(rec.artifact.params), _human(rec.artifact.macs), rec.artifact.precision,
+                            "yes" if rec.cache_hit else "no"])
+                continue
             b = base.measurements.get(t)
             drop = (m.accuracy - b.accuracy) if (m.accuracy is not None and b and b.accuracy is not None) else None
             lat = m.latency
@@ -159,19 +176,43 @@ def reference_lines(report: Report) -> list[str]:
     return lines
 
 
+def target_line(report: Report, name: str) -> str:
+    """``openvino, precision f32, 1 thread`` from the target config and what the runtime reported."""
+    cfg = next((t for t in report.targets if t.get("name") == name), {})
+    parts = [str(cfg.get("runtime", "?"))]
+    sess = next((r.measurements[name].session for r in report.records()
+                 if name in r.measurements and r.measurements[name].session), {})
+    if sess.get("inference_precision"):
+        parts.append(f"inference precision {sess['inference_precision']}")
+    if sess.get("providers"):
+        parts.append("/".join(sess["providers"]))
+    if sess.get("mode"):
+        parts.append(str(sess["mode"]))
+    threads = sess.get("intra_op_threads", sess.get("threads", cfg.get("threads")))
+    if threads is not None:
+        parts.append(f"{threads} thread(s)")
+    if sess.get("device_name"):
+        parts.append(str(sess["device_name"]))
+    return ", ".join(parts)
+
+
 def render_markdown(report: Report) -> str:
     status = {"passed": "✅ passed", "gate_failed": "❌ gate failed", "unstable": "⚠️ unstable measurement"}
     lines = [f"## compress: `{report.pipeline_name}` — {status[report.status]}", ""]
     env = report.environment
     lines.append(f"Data: {report.data.get('source', '?')} (fingerprint `{str(report.data.get('fingerprint', ''))[:12]}`). "
-                 f"CPU: {env.get('cpu_model', '?')}. Latency measured interleaved, batch "
+                 f"CPU: {env.get('cpu_model', '?')} ({env.get('isa') or 'ISA unknown'}). Latency measured interleaved, batch "
                  f"{report.targets[0]['batch_size'] if report.targets else '?'}; speed-up = baseline time / stage time, median over interleaved rounds. "
                  f"agree % / cosine: top-1 agreement and mean output cosine vs the baseline on the same samples; "
                  f"precision N/M: compute layers the runtime executes as integer kernels (its optimized graph)."
                  + (f" Input range [{r['min']:.3g}, {r['max']:.3g}] (mean {r['mean']:.3g}, std {r['std']:.3g})."
                     if (r := report.data.get("input_range")) else ""))
-    lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows(report)]
+    targets = target_names(report)
+    for t in targets:  # one table (column group) per target
+        if len(targets) > 1:
+            lines += ["", f"### Target `{t}`: {target_line(report, t)}"]
+        lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows(report, t)]
     lines += ["", "<details><summary>Stage details (per-layer precision, runtime kernels, stage facts)</summary>", ""]
     lines += stage_details(report) + ["", "Full per-layer data: `report.json`.", "", "</details>"]
     if report.gates:

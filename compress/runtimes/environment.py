@@ -149,7 +149,52 @@ def _version(dists: tuple[str, ...]) -> str | None:
     return None
 
 
-def fingerprint(threads: dict | None = None) -> dict:
+def isa(flags: list[str] | set[str], machine: str | None = None, gpu: str | None = None) -> str:
+    """The instruction set in words, e.g. ``x86_64 AVX2 FMA (no AVX-512, no VNNI, no AMX)``: what decides
+    which kernels (and so which speed-ups) a runtime can use. ``gpu``: the accelerator a target used."""
+    f = set(flags)
+    has = []
+    if "avx2" in f:
+        has.append("AVX2")
+    if "fma" in f:
+        has.append("FMA")
+    if "avx512f" in f:
+        has.append("AVX-512" + ("+BW" if "avx512bw" in f else ""))
+    if "avx512_vnni" in f:
+        has.append("AVX-512 VNNI")
+    if "avx_vnni" in f:
+        has.append("AVX-VNNI")
+    if "avx512_bf16" in f:
+        has.append("AVX-512 BF16")
+    if any(x.startswith("amx") for x in f):
+        has.append("AMX")
+    missing = [name for name, present in (("AVX-512", "avx512f" in f),
+                                          ("VNNI", bool(f & {"avx512_vnni", "avx_vnni"})),
+                                          ("AMX", any(x.startswith("amx") for x in f))) if not present]
+    text = " ".join([machine or platform.machine(), *has]) if has else (machine or platform.machine())
+    if missing:
+        text += f" (no {', no '.join(missing)})"
+    if gpu:
+        text += f"; GPU: {gpu}"
+    return text
+
+
+def accelerators(targets: list[Any]) -> str | None:
+    """The GPUs/accelerators the targets ask for (ORT CUDA/TensorRT/ROCm providers, an OpenVINO GPU/NPU
+    device), e.g. ``onnxruntime CUDAExecutionProvider``; None for CPU-only targets."""
+    used = []
+    for t in targets:
+        d = t if isinstance(t, dict) else t.model_dump(mode="json")
+        for p in d.get("providers") or []:
+            if p != "CPUExecutionProvider":
+                used.append(f"{d.get('runtime')} {p}")
+        dev = str(d.get("device") or "CPU")
+        if not dev.upper().startswith("CPU"):
+            used.append(f"{d.get('runtime')} {dev}")
+    return ", ".join(dict.fromkeys(used)) or None
+
+
+def fingerprint(threads: dict | None = None, gpu: str | None = None) -> dict:
     """A JSON-able description of this machine and software stack.
 
     ``threads``: the thread settings the measurement used (e.g. ``{"intra_op": 1,
@@ -162,6 +207,8 @@ def fingerprint(threads: dict | None = None) -> dict:
     cpu = _cpu()
     return {
         **cpu,
+        "isa": isa(cpu["cpu_flags"], platform.machine(), gpu),
+        "gpu": gpu,
         "cpu_flags": list(cpu["cpu_flags"]),  # a copy: callers may mutate, the cache must not change
         "logical_cores": os.cpu_count(),
         "usable_cores": _usable_cores(),

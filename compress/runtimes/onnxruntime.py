@@ -31,6 +31,7 @@ INTEGER_OPS = frozenset({
     "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu",
     "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere", "QAttention", "DynamicQuantizeLinear",
     "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "NhwcQLinearConv", "QLinearConvTranspose",
+    "MatMulNBits",  # weight-only 4/8-bit; with accuracy_level 4 its compute is int8 too
 })
 #: op types that compute in float (what quantization should have replaced)
 FLOAT_COMPUTE_OPS = frozenset({
