@@ -195,6 +195,29 @@ def onnx_external_files(onnx_path: Path) -> list[str]:
     return found
 
 
+#: protobuf cannot serialize a message of 2 GiB or more: bigger ONNX models keep their weights in a side file
+LARGE_ONNX_BYTES = 1_800_000_000
+
+
+def is_large_onnx(path: Path) -> bool:
+    """Whether the model at ``path`` (with its external data) is too big for one protobuf file."""
+    files = [path, *(path.parent / loc for loc in onnx_external_files(path))]
+    return sum(f.stat().st_size for f in files if f.is_file()) >= LARGE_ONNX_BYTES
+
+
+def write_onnx(model: Any, path: Path) -> Path:
+    """Save an ``onnx.ModelProto`` at ``path``; at 1.8 GB or more its tensors go to ``<name>.data`` beside it
+    (what :func:`save_onnx` then records as part of the artifact)."""
+    import onnx
+
+    if model.ByteSize() >= LARGE_ONNX_BYTES:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{path.name}.data", size_threshold=1024)
+    else:
+        onnx.save(model, str(path))
+    return path
+
+
 def copy_onnx(src: Path, folder: Path) -> Path:
     """Copy an ONNX file *and every external data file it references* to ``folder/model.onnx`` (+ the data
     files at the same relative locations). Returns the new .onnx path."""

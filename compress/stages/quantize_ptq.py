@@ -318,6 +318,7 @@ class QuantizePTQ(Stage):
         from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                               quantize_static)
 
+        from compress.artifact import is_large_onnx
         from compress.errors import StageError
 
         cfg = self.config
@@ -345,7 +346,8 @@ class QuantizePTQ(Stage):
                         calibrate_method=getattr(CalibrationMethod, _ORT_METHODS[cfg.calibration_method]),
                         calibration_cache_path=str(ranges) if ranges is not None else None,
                         extra_options={"CalibPercentile": cfg.percentile}
-                        if cfg.calibration_method == "percentile" else None)
+                        if cfg.calibration_method == "percentile" else None,
+                        use_external_data_format=is_large_onnx(src))  # > 2 GB: weights beside the .onnx
             except Exception as e:  # noqa: BLE001
                 raise StageError(f"quantize.ptq: onnxruntime quantize_static failed: {type(e).__name__}: "
                                  f"{_first_line(e)}", hint="try preprocess: true/false, per_channel: false, or "
@@ -369,11 +371,12 @@ class QuantizePTQ(Stage):
                                                            QuantizationParameters)
         from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
+        from compress.artifact import write_onnx
         from compress.errors import StageError
 
         cfg = self.config
         nncf.set_log_level(logging.ERROR)
-        model = onnx.load(str(src), load_external_data=False)
+        model = onnx.load(str(src))  # with its external data, if any: nncf needs the weights
         extra: dict[str, Any] = {}
         if reduce_range is not None:
             extra["overflow_fix"] = OverflowFix.ENABLE if reduce_range else OverflowFix.DISABLE
@@ -399,7 +402,7 @@ class QuantizePTQ(Stage):
                 raise StageError(f"quantize.ptq: nncf.quantize failed: {type(e).__name__}: {_first_line(e)}",
                                  hint="try backend: onnxruntime") from e
             bar.update(1)
-        onnx.save(q, str(out))
+        write_onnx(q, out)
         return (f"nncf {nncf.__version__} quantize on ONNX (preset {cfg.preset}, target CPU, "
                 f"{'per-channel' if cfg.per_channel else 'per-tensor'} weights, "
                 f"{_NNCF_METHODS[cfg.calibration_method]}, "

@@ -315,7 +315,7 @@ class QuantizeWeights(Stage):
 
         import onnx
 
-        from compress.artifact import ONNX, save_onnx
+        from compress.artifact import ONNX, save_onnx, write_onnx
 
         cfg = self.config
         with tempfile.TemporaryDirectory(prefix="compress-qw-") as tmp:
@@ -352,7 +352,7 @@ class QuantizeWeights(Stage):
             raise _no_weights_error(float_layers, cfg, excluded, convs)
         path = ctx.work_dir / ONNX
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
-        onnx.save(out, str(path))
+        write_onnx(out, path)
         self._check_loads(path, artifact, ctx)
 
         bits = sorted({v["bits"] for v in quantized.values()})
