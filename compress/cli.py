@@ -40,6 +40,7 @@ def main() -> None:
       compress schema                            JSON Schema of the pipeline format
       compress stages                            list stage types and zoo models
       compress cache verify | gc                 check the cache, trim it
+      compress bench A.onnx B.onnx -t runtime=openvino   interleaved speed-up of B over A
     """
 
 
@@ -138,6 +139,92 @@ def validate(pipeline: str, output_dir: str | None) -> None:
     click.echo(f"{pipeline}: ok ({len(cfg.stages)} stage(s): {chain}; final artifact {kinds[-1]}; "
                f"{len(cfg.targets)} target(s); {len(cfg.gates)} gate(s); data {len(ds.x)} samples"
                f"{', labeled' if ds.y is not None else ', NO labels'})")
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-t", "--target", "targets", multiple=True, metavar="KEY=VALUE,...",
+              help="A target, as in a pipeline's targets: (repeat for several), e.g. 'runtime=openvino,threads=1' "
+              "or '{runtime: onnxruntime, graph_optimization: basic}'. Default: onnxruntime, 1 thread.")
+@click.option("--data", "data", metavar="YAML", help="Inputs: a pipeline data: mapping, e.g. '{source: digits}' "
+              "(default: seeded random inputs of each model input's shape and dtype).")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of a symbolic axis other than the batch.")
+@click.option("--min-seconds", type=float, default=None, help="Timed seconds per file per target (at least).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result as JSON here.")
+def bench(files: tuple[str, ...], targets: tuple[str, ...], data: str | None, dims: tuple[str, ...],
+          min_seconds: float | None, json_out: str | None) -> None:
+    """Time ONNX FILES interleaved on each target (the one timing loop, as in a pipeline) and print the
+    median paired speed-up of each over the first, with its 95% interval and the spread (IQR) of the
+    per-round ratios. Exit 2 on bad input, 3 if a model does not run."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from compress.errors import CompressError, ConfigError
+    from compress.ui import UI, quiet_libraries
+
+    ui = UI()
+    quiet_libraries(False)
+    try:
+        from compress.bench import bench as run_bench
+        from compress.bench import onnx_inputs, render
+        from compress.config import parse_target
+
+        parsed = []
+        for i, spec in enumerate(targets or ("runtime=onnxruntime",)):
+            raw = _mapping(spec, f"--target {spec!r}")
+            raw.setdefault("name", f"{raw.get('runtime', 'onnxruntime')}" + (f"-{i}" if len(targets) > 1 else ""))
+            if min_seconds is not None:
+                raw.setdefault("timing", {})["min_seconds"] = min_seconds
+                raw["timing"].setdefault("max_seconds", max(15.0, 3 * min_seconds))
+            parsed.append(parse_target(raw, where=f"--target {spec!r}"))
+        seq = {}
+        for d in dims:
+            k, _, v = d.partition("=")
+            if not v.isdigit():
+                raise ConfigError(f"--dim {d!r}: give NAME=SIZE, e.g. seq=128")
+            seq[k] = int(v)
+        dataset = None
+        if data:
+            from compress.data import load_dataset, parse_data_config
+
+            specs = onnx_inputs(Path(files[0]), seq)
+            named = len(specs) > 1 or specs[0]["dtype"] != "float32"
+            dataset = load_dataset(parse_data_config(_mapping(data, "--data"), "--data"), Path.cwd(),
+                                   inputs=specs if named else None)
+        result = run_bench([Path(f) for f in files], parsed, dataset, progress=ui.progress)
+    except CompressError as e:
+        _fail(ui, e, False)
+        return
+    except yaml.YAMLError as e:
+        _fail(ui, ConfigError(f"cannot parse an option as YAML: {str(e).splitlines()[0]}"), False)
+        return
+    for line in render(result):
+        click.echo(line)
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2, default=str))
+
+
+def _mapping(text: str, where: str) -> dict:
+    """``key=value,key=value`` or an inline YAML mapping -> dict (values parsed as YAML scalars)."""
+    import yaml
+
+    from compress.errors import ConfigError
+
+    text = text.strip()
+    if text.startswith("{"):
+        value = yaml.safe_load(text)
+    else:
+        value = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            k, sep, v = part.partition("=")
+            if not sep or not k.strip():
+                raise ConfigError(f"{where}: '{part}' is not KEY=VALUE")
+            value[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: give KEY=VALUE pairs or a {{...}} mapping")
+    return value
 
 
 @main.command()

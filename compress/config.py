@@ -219,9 +219,24 @@ def default_target() -> Any:
 
 
 class EvaluationConfig(_Strict):
+    """What quality means for this model's outputs, and on which samples it is measured."""
+
     split: Literal["eval", "calibration", "train"] = "eval"
     batch_size: int = Field(256, ge=1)
     max_samples: int | None = Field(None, ge=1)
+    task: Literal["classification", "embedding", "regression"] = Field(
+        "classification", description="classification: outputs are class logits (accuracy = top-1 vs labels, "
+        "top-5 too with more than 5 classes; agreement without labels); embedding / regression: outputs are "
+        "vectors or values, compared with the baseline's (cosine, relative L2 error), no accuracy.")
+    metric: str | None = Field(None, description="A user metric 'module:callable' called as fn(outputs, labels) "
+                               "-> float (labels None without them); reported as metric (named) beside the rest.")
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_form(cls, v: str | None) -> str | None:
+        if v is not None and (":" not in v or not all(v.partition(":")[::2])):
+            raise ValueError(f"must look like 'module:callable', got '{v}'")
+        return v
 
 
 GateMetric = Literal[metric_names()]  # the gate metric registry: compress/report/metrics.py

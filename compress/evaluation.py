@@ -84,13 +84,31 @@ def fidelity(outputs: "np.ndarray", reference: "np.ndarray") -> dict[str, float 
     return res
 
 
-def score(outputs: "np.ndarray", labels: "np.ndarray | None", reference: "np.ndarray | None") -> dict[str, Any]:
-    """``n``, ``accuracy`` (with labels) and the :data:`FIDELITY` metrics vs ``reference`` (``None``
-    without one)."""
-    out: dict[str, Any] = {"n": int(len(outputs)), "accuracy": None, **{k: None for k in FIDELITY}}
-    if labels is not None:
-        pred = outputs.reshape(len(outputs), -1).argmax(1)
-        out["accuracy"] = round(100.0 * float((pred == labels[: len(pred)]).mean()), 4)
+#: what each evaluation task reports as its quality
+TASKS: dict[str, str] = {
+    "classification": "top-1 accuracy vs labels (top-5 with more than 5 classes); agreement with the baseline",
+    "embedding": "cosine and relative L2 error of the output vectors vs the baseline (no accuracy)",
+    "regression": "relative L2 error and cosine of the outputs vs the baseline (no accuracy)",
+}
+
+
+def score(outputs: "np.ndarray", labels: "np.ndarray | None", reference: "np.ndarray | None",
+          task: str = "classification", metric: Any = None) -> dict[str, Any]:
+    """``n``, ``accuracy`` / ``accuracy_top5`` (classification with labels), the :data:`FIDELITY` metrics vs
+    ``reference`` (``None`` without one) and ``metric``: a user callable ``fn(outputs, labels) -> float``."""
+    import numpy as np
+
+    out: dict[str, Any] = {"n": int(len(outputs)), "accuracy": None, "accuracy_top5": None,
+                           **{k: None for k in FIDELITY}}
+    flat = outputs.reshape(len(outputs), -1)
+    if labels is not None and task == "classification":
+        y = labels[: len(flat)]
+        out["accuracy"] = round(100.0 * float((flat.argmax(1) == y).mean()), 4)
+        if flat.shape[1] > 5:
+            top5 = np.argpartition(-flat, 5, axis=1)[:, :5]
+            out["accuracy_top5"] = round(100.0 * float((top5 == y[:, None]).any(1).mean()), 4)
+    if metric is not None:
+        out["metric"] = float(metric(outputs, labels[: len(flat)] if labels is not None else None))
     if reference is not None:
         out.update(fidelity(outputs, reference))
     return out

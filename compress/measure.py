@@ -244,6 +244,20 @@ class Measure:
             labels = labels[: ev.max_samples]
         return labels
 
+    def user_metric(self) -> Callable[..., float] | None:
+        """The pipeline's ``evaluation.metric`` callable (``module:callable``), imported from its folder."""
+        spec = getattr(self.evaluation, "metric", None)
+        if spec is None:
+            return None
+        from compress.artifact import import_callable
+
+        try:
+            return import_callable(spec, self.base_dir)
+        except (ImportError, AttributeError) as e:
+            from compress.errors import ConfigError
+
+            raise ConfigError(f"evaluation.metric: cannot import '{spec}': {type(e).__name__}: {e}") from e
+
     def evaluate(self, arts: Sequence[Artifact], target: str | Any | None = None,
                  reference: Artifact | None = None) -> list[dict[str, Any]]:
         """Per artifact: accuracy (with labels), the fidelity metrics vs ``reference``, sample count, the
@@ -253,6 +267,8 @@ class Measure:
 
         ref = self.outputs(reference, target) if reference is not None else None
         labels = self.labels()
+        task = getattr(self.evaluation, "task", "classification")
+        metric = self.user_metric()
         results = []
         for art in arts:
             outputs, info = self.run_outputs(art, target)
@@ -260,7 +276,8 @@ class Measure:
                 results.append({"n": 0, "accuracy": None, **info})
                 continue
             same = reference is not None and art.hash == reference.hash  # the reference itself: no fidelity
-            results.append({**score(outputs, labels, None if same else ref), "session": info["session"],
+            results.append({**score(outputs, labels, None if same else ref, task=task, metric=metric),
+                            "session": info["session"],
                             "optimized_ops": info["optimized_ops"], "kernels": info.get("kernels", {})})
         return results
 
@@ -335,6 +352,15 @@ class Measure:
         out = [stats[k] for k in keys]
         self.cache.put_json(key, [st.model_dump(mode="json") for st in out])
         return out
+
+    @staticmethod
+    def speedup_ci(reference: "LatencyStats", other: "LatencyStats") -> tuple[list[float] | None, int]:
+        """95% sign-test interval of the paired speed-up (compress/stats.py) and the rounds behind it."""
+        from compress.runtimes.timing import paired_ratios
+        from compress.stats import ratio_ci
+
+        ci = ratio_ci(paired_ratios(reference, other))
+        return ([round(ci.low, 4), round(ci.high, 4)] if ci.bounded else None), ci.n
 
     @staticmethod
     def speedup(reference: "LatencyStats", other: "LatencyStats") -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from compress import __version__
-from compress.artifact import Artifact
+from compress.artifact import Artifact, copy_onnx
 from compress.cache import Cache, cache_key
 from compress.config import LoadedConfig
 from compress.context import StageContext
@@ -120,6 +120,7 @@ class Runner:
             created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             environment=fingerprint(gpu=accelerators(self.cfg.targets)), data=ds.describe(),
             targets=[t.model_dump(mode="json") for t in self.cfg.targets],
+            evaluation=_evaluation_info(self.cfg.evaluation),
             baseline=records[0], stages=records[1:], warnings=self.warnings, references=refs, peak=peaks,
         )
         from compress.report.gate import check_gates
@@ -209,7 +210,8 @@ class Runner:
         outputs = [self.measure.outputs(a, target) for a in arts]  # cached: fidelity vs each stage's input
         for i, (rec, res) in enumerate(zip(records, results)):
             rec.measurements[target.name] = Measurement(
-                target=target.name, accuracy=res["accuracy"], **{k: res.get(k) for k in FIDELITY},
+                target=target.name, accuracy=res["accuracy"], accuracy_top5=res.get("accuracy_top5"),
+                metric=res.get("metric"), **{k: res.get(k) for k in FIDELITY},
                 vs_input=fidelity(outputs[i], outputs[i - 1])
                 if i and outputs[i] is not None and outputs[i - 1] is not None else {},
                 n_eval=res["n"], session=res["session"], optimized_ops=res["optimized_ops"],
@@ -292,7 +294,7 @@ class Runner:
         for ref in refs:
             m = ref.measurements[target.name]
             m.speedup_vs_baseline = round(Measure.speedup(base, m.latency), 4)
-            m.speedup_ci, m.speedup_rounds = _speedup_ci(base, m.latency)
+            m.speedup_ci, m.speedup_rounds = Measure.speedup_ci(base, m.latency)
         if self.measure.last_latency_cached:
             self.ui.info(f"[green]✓[/green] latency on {target.name}: [dim]cached, not re-measured "
                          f"(--remeasure to time again)[/dim]")
@@ -310,7 +312,7 @@ class Runner:
                 if m.latency and base.latency:
                     m.speedup_vs_baseline = round(Measure.speedup(base.latency, m.latency), 4)
                     m.speedup_vs_previous = round(Measure.speedup(prev.latency, m.latency), 4) if prev.latency else None
-                    m.speedup_ci, m.speedup_rounds = _speedup_ci(base.latency, m.latency)
+                    m.speedup_ci, m.speedup_rounds = Measure.speedup_ci(base.latency, m.latency)
                 if rec is not records[0]:
                     self._check_fidelity(rec, t.name, m, prev)
                     if m.speedup_vs_previous is not None and m.speedup_vs_previous < reg.min_speedup:
@@ -381,13 +383,13 @@ class Runner:
 
             (self.out_dir / "report.html").write_text(render_html(report))
         final_onnx = Path(report.records()[-1].artifact.onnx_path)
-        shutil.copyfile(final_onnx, self.out_dir / "model.onnx")
+        copy_onnx(final_onnx, self.out_dir)  # with its external data file(s), if it has any
         self.report_path = self.out_dir / "report.json"
 
-def _speedup_ci(reference, other) -> tuple[list[float] | None, int]:
-    """95% sign-test interval of the paired speed-up (compress/stats.py) and the rounds behind it."""
-    from compress.runtimes.timing import paired_ratios
-    from compress.stats import ratio_ci
 
-    ci = ratio_ci(paired_ratios(reference, other))
-    return ([round(ci.low, 4), round(ci.high, 4)] if ci.bounded else None), ci.n
+def _evaluation_info(ev) -> dict[str, Any]:
+    """What the report says quality means: the task, its metrics, the user metric's name."""
+    from compress.evaluation import TASKS
+
+    return {"task": ev.task, "quality": TASKS[ev.task], "metric": ev.metric, "split": ev.split,
+            "max_samples": ev.max_samples}

@@ -168,11 +168,11 @@ def test_regression_warns_loudly_and_can_fail_the_run(tmp_path, tiny_yaml, monke
     real_score = evaluation.score
     calls = {"n": 0}
 
-    def worse_after_baseline(outputs, labels, reference):
+    def worse_after_baseline(outputs, labels, reference, **kw):
         calls["n"] += 1
         if reference is not None:  # every stage after the baseline: scramble predictions
             outputs = np.roll(outputs, 1, axis=1)
-        return real_score(outputs, labels, reference)
+        return real_score(outputs, labels, reference, **kw)
 
     monkeypatch.setattr(evaluation, "score", worse_after_baseline)
     r = run("run", str(tiny_yaml()))

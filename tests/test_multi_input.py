@@ -181,3 +181,36 @@ def test_text_encoder_exports_with_input_ids_and_attention_mask(tmp_path):
     with torch.no_grad():
         np.testing.assert_allclose(model(torch.from_numpy(ids2), torch.from_numpy(mask)).numpy()[0], ref[0],
                                    atol=1e-5)
+
+
+def test_embedding_task_and_user_metric_on_the_text_encoder(tmp_path, monkeypatch):
+    """An encoder whose output is an embedding (no head): no accuracy; cosine / relative error vs the
+    baseline, and a user metric named in the report, on two runtimes."""
+    from compress.cli import main
+
+    (tmp_path / "mymetric.py").write_text("import numpy as np\n\ndef mean_norm(outputs, labels):\n"
+                                          "    return float(np.linalg.norm(outputs, axis=1).mean())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = {
+        "name": "embed",
+        "model": {"zoo": "text_encoder", "kwargs": {"vocab_size": 2000, "seq_len": 32, "num_classes": 0, "dim": 32,
+                                                    "heads": 2, "depth": 1},
+                  "inputs": [{"name": "input_ids", "shape": ["batch", 32], "dtype": "int64"},
+                             {"name": "attention_mask", "shape": ["batch", 32], "dtype": "int64"}]},
+        "data": {"source": "text", "limit": 200},
+        "evaluation": {"task": "embedding", "metric": "mymetric:mean_norm", "max_samples": 32},
+        "targets": [{"name": "ort", "timing": FAST_TIMING}, {"name": "pt", "runtime": "torch", "timing": FAST_TIMING}],
+        "stages": [{"name": "export", "type": "export.onnx"}],
+        "output": {"dir": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache")},
+    }
+    r = CliRunner().invoke(main, ["run", str(write_yaml(tmp_path / "p.yaml", cfg))], catch_exceptions=False)
+    assert r.exit_code in (0, 1), r.output
+    assert "quality (embedding)" in r.output and "mymetric:mean_norm" in r.output
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert rep["evaluation"]["task"] == "embedding" and rep["evaluation"]["metric"] == "mymetric:mean_norm"
+    base, exp = rep["baseline"]["measurements"], rep["stages"][0]["measurements"]
+    assert exp["pt"]["na"]  # the exported ONNX is n/a on the torch target
+    assert all(m["accuracy"] is None and m["metric"] > 0 for m in (*base.values(), exp["ort"]))
+    assert exp["ort"]["cosine"] == pytest.approx(1.0, abs=1e-5) and exp["ort"]["relative_error"] < 1e-3
+    assert base["ort"]["metric"] == pytest.approx(base["pt"]["metric"], rel=1e-4)  # same model, two runtimes
+    assert "Quality (embedding)" in (tmp_path / "run" / "report.md").read_text()

@@ -60,6 +60,13 @@ def print_report(ui, report: Report, path: Path, wide: bool = False) -> None:
             for r in grows:
                 if r[-1]:
                     ui.out.print(f"  {r[0]} {r[1]}: {r[-1]}", markup=False)
+    ev = report.evaluation
+    if ev and (ev.get("task", "classification") != "classification" or ev.get("metric")):
+        ui.out.print(f"quality ({ev['task']}): {ev.get('quality', '')}"
+                     + (f"; metric {ev['metric']}: " + ", ".join(
+                         f"{r.name}/{t} {m.metric:.4g}" for r in report.records()
+                         for t, m in r.measurements.items() if m.metric is not None) if ev.get("metric") else ""),
+                     markup=False)
     for w in report.warnings:
         ui.warn(w)
     status = {"passed": "[green]passed[/green]", "gate_failed": "[bold red]GATE FAILED[/bold red]",

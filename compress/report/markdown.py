@@ -207,6 +207,14 @@ def render_markdown(report: Report) -> str:
                  f"precision N/M: compute layers the runtime executes as integer kernels (its optimized graph)."
                  + (f" Input range [{r['min']:.3g}, {r['max']:.3g}] (mean {r['mean']:.3g}, std {r['std']:.3g})."
                     if (r := report.data.get("input_range")) else ""))
+    ev = report.evaluation
+    if ev:
+        lines.append("")
+        lines.append(f"Quality ({ev.get('task', 'classification')}): {ev.get('quality', '')}"
+                     + (f"; metric = `{ev['metric']}`: "
+                        + ", ".join(f"{r.name} on {t} {m.metric:.4g}" for r in report.records()
+                                    for t, m in r.measurements.items() if m.metric is not None)
+                        if ev.get("metric") else "") + ".")
     targets = target_names(report)
     for t in targets:  # one table (column group) per target
         if len(targets) > 1:

@@ -30,6 +30,8 @@ class Measurement(_M):
         default_factory=dict, description="Per released reference (gate `against`): fidelity of this "
         "artifact's outputs vs the reference's on the same data (agreement, cosine).")
     accuracy: float | None = Field(None, description="Top-1 %, exported artifact in the target runtime.")
+    accuracy_top5: float | None = Field(None, description="Top-5 % (classification with labels, > 5 classes).")
+    metric: float | None = Field(None, description="The user metric (evaluation.metric), when one is set.")
     agreement: float | None = Field(None, description="Top-1 agreement with the baseline, %.")
     cosine: float | None = Field(None, description="Mean cosine similarity of outputs vs the baseline.")
     agreement_top5: float | None = Field(None, description="% of samples whose baseline top-1 is in this top 5.")
@@ -110,6 +112,8 @@ class Report(_M):
     environment: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)
     targets: list[dict[str, Any]] = Field(default_factory=list)
+    evaluation: dict[str, Any] = Field(default_factory=dict, description="The task (what quality means for "
+                                       "these outputs), the user metric's name, the split and sample count.")
     baseline: StageRecord
     stages: list[StageRecord] = Field(default_factory=list)
     gates: list[GateResult] = Field(default_factory=list)
