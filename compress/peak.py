@@ -84,6 +84,8 @@ def peak(measure, target: Any, env: dict[str, Any]) -> dict[str, Any]:
     arts = [_artifact(cache, p) for p in ("float32", "int8")]
     stats = measure.latency(arts, target, label=f"peak MAC rate on {target.name} (float32, int8 conv)",
                             names=["float32", "int8"])
+    if any(s is None for s in stats):  # the target's runtime runs no ONNX (e.g. torch): no peak to compare with
+        return {"gmacs": {}, "macs": MACS, "na": f"{target.runtime} does not run the ONNX micro-benchmark"}
     out = {"gmacs": {p: round(MACS / (s.p50_ms * 1e-3) / 1e9, 3) for p, s in zip(("float32", "int8"), stats)},
            "macs": MACS, "model": f"Conv {C}->{C} {K}x{K} at {HW}x{HW}, batch 1 (float32; QLinearConv U8S8)"}
     cache.put_json(key, out)

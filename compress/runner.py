@@ -273,6 +273,8 @@ class Runner:
             ref_out = self.measure.outputs(art, target)
             for rec in records:
                 out = self.measure.outputs(self._artifacts[rec.name], target)
+                if out is None or ref_out is None:  # n/a on this target (e.g. ONNX on a torch target)
+                    continue
                 if out.shape != ref_out.shape:
                     raise CompressError(f"gates: against '{ref.name}' gives outputs of shape {ref_out.shape[1:]}, "
                                         f"'{rec.name}' {out.shape[1:]}: not the same task")
@@ -293,6 +295,8 @@ class Runner:
         base = records[0].measurements[target.name].latency
         for ref in refs:
             m = ref.measurements[target.name]
+            if base is None or m.latency is None:  # n/a on this target
+                continue
             m.speedup_vs_baseline = round(Measure.speedup(base, m.latency), 4)
             m.speedup_ci, m.speedup_rounds = Measure.speedup_ci(base, m.latency)
         if self.measure.last_latency_cached:

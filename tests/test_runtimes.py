@@ -131,3 +131,32 @@ def test_ort_target_from_parse_target_opens_a_session(conv_models):
     t = parse_target({"name": "ort", "graph_optimization": "basic"})
     with get_runtime(t.runtime).open(Path(f32), t) as sess:
         assert sess.info["graph_optimization"] == "basic"
+
+
+def test_bench_compares_onnx_files_interleaved_on_two_runtimes(conv_models, tmp_path):
+    import json
+
+    from conftest import FAST_TIMING
+
+    _, f32, q = conv_models
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(main, ["bench", str(f32), str(q), "-t", "threads=1", "-t",
+                                  "{runtime: openvino, threads: 1, timing: " + json.dumps(FAST_TIMING) + "}",
+                                  "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert [t["runtime"] for t in res["targets"]] == ["onnxruntime", "openvino"]
+    assert "AVX2" in res["environment"]["isa"] or res["environment"]["isa"]
+    for t in res["targets"]:
+        first, second = t["results"]
+        assert first["speedup"] == 1.0 and second["rounds"] >= 1 and second["speedup"] > 0
+        assert second["speedup_iqr"][0] <= second["speedup"] <= second["speedup_iqr"][1]
+    assert "speed-up" in r.output and str(q) in r.output
+
+
+def test_bench_rejects_a_bad_target_in_one_line(conv_models):
+    _, f32, q = conv_models
+    r = CliRunner().invoke(main, ["bench", str(f32), str(q), "-t", "runtime=openvino,graph_optimization=all"])
+    assert r.exit_code == 2 and "graph_optimization" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["bench", str(f32), "missing.onnx"])
+    assert r.exit_code == 2 and "missing.onnx" in r.output
