@@ -65,12 +65,18 @@ def warm(tmp_path_factory):
 
 
 def _result_kind(path: Path) -> str:
+    """What a cache file holds, told apart from entries that are not the pipeline's own records (e.g. a
+    per-machine micro-benchmark): the three records' timing, one record's evaluation or facts."""
     if path.suffix == ".npy":
         return "array"
+    if path.name == "artifact.json":
+        return "torch" if (path.parent / "model.safetensors").is_file() else "onnx"
     obj = json.loads(path.read_bytes().partition(b"\n")[2])
     if isinstance(obj, list):
-        return "latency"
-    return "evaluation" if "session" in obj else "facts"
+        return "latency" if len(obj) == 3 else "other"
+    if "session" in obj:
+        return "evaluation"
+    return "facts" if "layer_precision" in obj else "other"
 
 
 def _flip(path: Path) -> None:
@@ -88,7 +94,7 @@ def _edit_facts(path: Path) -> None:  # change the MACs as a hand edit would, ke
 
 CASES = {
     "artifact weights changed": ("artifacts/*/model.safetensors", _flip),
-    "artifact manifest edited": ("artifacts/*/artifact.json",
+    "artifact manifest edited": ("artifacts/*/artifact.json:torch",
                                  lambda p: p.write_text(p.read_text().replace('"producer"', '"producer" ', 1))),
     "facts JSON edited": ("results/*.json:facts", _edit_facts),
     "evaluation JSON not UTF-8": ("results/*.json:evaluation", lambda p: p.write_bytes(b"\xff\xfe\x00garbage")),
