@@ -9,7 +9,7 @@ the target runtime on the evaluation split, vs the float model's outputs). The s
 2. sensitivity: for each group of layers (a block, or a single layer), quantize all *but* that group
    and measure how much of the drop it removes;
 3. greedily keep the most sensitive groups in float, one more at a time, until the target holds (or
-   every group is float, which is reported as not met).
+   all but one group is float: then the target is reported as not met, and the model as it stands).
 
 A drop is in the objective's own unit: top-1 points for ``accuracy`` (labelled data), percentage
 points of top-1 agreement with the float model for ``agreement``, and ``1 - cosine`` for ``cosine``.
@@ -55,17 +55,37 @@ def resolve_metric(setting: str, labelled: bool) -> Metric:
     return setting  # type: ignore[return-value]
 
 
-def layer_groups(nodes: list[str], granularity: Literal["block", "layer"]) -> dict[str, list[str]]:
-    """Quantizable node names grouped by the module block they belong to (``/blocks.3/conv/Conv`` ->
-    ``blocks.3``), or one group per node."""
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+
+
+def layer_groups(nodes: list[tuple[str, str]], granularity: Literal["block", "layer"]) -> dict[str, list[str]]:
+    """Group the float graph's ``(node name, op type)`` pairs (in graph order) into what is kept in float
+    together: every node, so that no quantize/dequantize pair is left around a float layer.
+
+    ``block``: by the module block in the node name (``/blocks.3/conv/Conv`` -> ``blocks.3``); ``layer``:
+    each compute node (Conv/MatMul/Gemm) with the nodes that follow it up to the next compute node. Nodes
+    with no block in their name, and those before the first compute node, join the group before them
+    (or the first group)."""
     groups: dict[str, list[str]] = {}
-    for n in nodes:
+    pending: list[str] = []
+    current: str | None = None
+    for name, op in nodes:
+        parts = [p for p in name.split("/") if p]
         if granularity == "layer":
-            key = n
+            key = name if op in COMPUTE_OPS else None
         else:
-            parts = [p for p in n.split("/") if p]
-            key = "/".join(parts[:-2]) if len(parts) >= 3 else ("/".join(parts[:-1]) or n)
-        groups.setdefault(key, []).append(n)
+            key = ("/".join(parts[:-2]) if len(parts) >= 3 else "/".join(parts[:-1])) or None
+        if key is None:
+            if current is None:
+                pending.append(name)
+            else:
+                groups[current].append(name)
+            continue
+        current = key
+        groups.setdefault(key, []).extend(pending + [name])
+        pending = []
+    if pending and groups:
+        groups[next(iter(groups))][:0] = pending
     return groups
 
 
@@ -101,7 +121,7 @@ def keep_sensitive_in_float(
         chosen, art, drop = [names[best_single]], singles[best_single], drops[best_single]
     else:
         chosen, art, drop = [], quantized, drop0
-        for k, g in enumerate(order, start=1):
+        for k, g in enumerate(order[:-1], start=1):  # at least one group stays quantized
             chosen.append(g)
             if k == 1:
                 art, drop = singles[names.index(g)], drops[names.index(g)]

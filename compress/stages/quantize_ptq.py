@@ -265,8 +265,7 @@ class QuantizePTQ(Stage):
         shutil.copyfile(out, cand / "all" / ONNX)
         all_q = save(cand / "all", "all")
         excluded = set(_match(cfg.ignored, [n.name for n in _load(src).graph.node]))
-        nodes = [n.name for n in _load(src).graph.node
-                 if n.op_type in ("Conv", "MatMul", "Gemm", "ConvTranspose") and n.name not in excluded]
+        nodes = [(n.name, n.op_type) for n in _load(src).graph.node if n.name and n.name not in excluded]
         (ref_score,) = m.evaluate([artifact], reference=artifact)
         try:
             res = keep_sensitive_in_float(layer_groups(nodes, cfg.sensitivity), build,
