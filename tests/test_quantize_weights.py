@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from compress.artifact import ONNX, Artifact, build_module, save_onnx, save_torch
 from compress.context import StageContext
-from compress.data import DataConfig, load_dataset, make_synthetic
+from compress.data import DataConfig, Dataset, load_dataset, make_synthetic
 from compress.errors import StageError
 from compress.export import ExportConfig, export_onnx
 from compress.facts import onnx_facts
@@ -378,3 +378,19 @@ def test_pipeline_end_to_end_reports_int4(tmp_path):
     assert stage["facts"]["weight_ratio"] < 0.3  # MatMul weights; the whole tiny file is ~0.5 (LayerNorm, ...)
     assert stage["facts"]["onnx_ops"].get("MatMulNBits", 0) == stage["facts"]["quantized_layers"]
     assert "int4" in stage["artifact"]["layer_precision"].values()
+
+
+def test_int4_also_shrinks_the_embedding_table(tmp_path):
+    """embeddings: true (default) stores a Gather's constant table as 4-bit GatherBlockQuantized."""
+    from test_quantize_dynamic import _embedder
+
+    base = _embedder(tmp_path / "float")
+    ds = Dataset.from_arrays(np.random.default_rng(1).integers(0, 2000, size=(32, 16)))  # token ids
+    out = QuantizeWeights(QuantizeWeightsConfig()).run(base, _ctx(ds, tmp_path / "q"))
+    plain = QuantizeWeights(QuantizeWeightsConfig(embeddings=False)).run(base, _ctx(ds, tmp_path / "q2"))
+    assert out.facts["embeddings_quantized"] == 1 and plain.facts["embeddings_quantized"] == 0
+    assert out.size_bytes < 0.25 * base.size_bytes < plain.size_bytes  # the 2000 x 64 table dominates
+    ids = np.random.default_rng(0).integers(0, 2000, size=(8, 16)).astype(np.int64)
+    run = [ort.InferenceSession(str(a.path("onnx")), providers=["CPUExecutionProvider"]).run(None, {"input": ids})[0]
+           for a in (base, out)]
+    np.testing.assert_allclose(run[1], run[0], atol=0.1)  # 4-bit blocks: small, bounded error

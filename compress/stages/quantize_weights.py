@@ -27,6 +27,10 @@ integer dot products). On x86 CPUs 4 is the fast path; with 0 the 4-bit model ru
 here (pipelines/int4.yaml's transformer, batch 1: 0.79-0.84x of FP32 with 0, 1.55-1.63x with 4; see
 benchmarks/int4_accuracy_level.py). Small MatMuls gain little either way (dim 128: ~0.95x with 4).
 
+With ``embeddings: true`` (default; onnxruntime backend, 4 bits) the quantizer's ``op_types_to_quantize``
+also includes ``Gather``: embedding tables become ``com.microsoft.GatherBlockQuantized`` (4-bit blocks
+along the embedding dimension), so weight-only quantization shrinks them too.
+
 The output is checked to load and run in ONNX Runtime; the stage fails if no weight was quantized
 (Conv-only models, or Linear layers exported as Gemm with the onnxruntime backend: use quantize.ptq).
 """
@@ -69,6 +73,10 @@ class QuantizeWeightsConfig(StageConfig):
                              "MatMul not ignored.")
     ignored: Patterns = Field(default_factory=list, description="Regular expressions (re.search) on ONNX node "
                                "names of MatMul/Gemm layers to keep float, e.g. '/head/'. Each must match a layer.")
+    embeddings: bool = Field(True, description="onnxruntime backend, bits: 4: also store embedding tables (Gather on "
+                             "a constant table) block-wise in 4 bits (GatherBlockQuantized), so the often largest "
+                             "tensor shrinks too. ORT quantizes Gather to 4 bits only; for 8-bit tables use "
+                             "quantize.dynamic.")
 
     @field_validator("group_size")
     @classmethod
@@ -205,9 +213,10 @@ def _ort_quantize(model: "onnx.ModelProto", cfg: QuantizeWeightsConfig, exclude:
     old = log.level
     log.setLevel(logging.WARNING)
     try:
+        ops = ("MatMul", "Gather") if cfg.embeddings and cfg.bits == 4 else ("MatMul",)
         algo = DefaultWeightOnlyQuantConfig(block_size=cfg.group_size, is_symmetric=cfg.symmetric,
                                             accuracy_level=cfg.accuracy_level, quant_format=QuantFormat.QOperator,
-                                            op_types_to_quantize=("MatMul",), bits=cfg.bits)
+                                            op_types_to_quantize=ops, bits=cfg.bits)
         quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=algo)
         quantizer.process()
         return quantizer.model.model
@@ -372,6 +381,9 @@ class QuantizeWeights(Stage):
         }
         if repairs:
             facts["nncf_repairs"] = repairs
+        facts["embeddings_quantized"] = sum(n.op_type == "GatherBlockQuantized" for n in out.graph.node)
+        if facts["embeddings_quantized"]:
+            ctx.log(f"{facts['embeddings_quantized']} embedding table(s) stored in 4 bits (GatherBlockQuantized)")
         by_bits = ", ".join(f"{k}: {v}" for k, v in facts["layers_by_bits"].items())
         left = f", {len(facts['float_layers'])} left float" if facts["float_layers"] else ""
         ctx.log(f"quantized {len(quantized)} layer(s) ({by_bits}{left}); MatMul/Gemm weights "
