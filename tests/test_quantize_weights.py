@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from compress.artifact import ONNX, Artifact, build_module, save_onnx, save_torch
 from compress.context import StageContext
-from compress.data import DataConfig, Dataset, load_dataset, make_synthetic
+from compress.data import DataConfig, load_dataset, make_synthetic
 from compress.errors import StageError
 from compress.export import ExportConfig, export_onnx
 from compress.facts import onnx_facts
@@ -385,7 +385,10 @@ def test_int4_also_shrinks_the_embedding_table(tmp_path):
     from test_quantize_dynamic import _embedder
 
     base = _embedder(tmp_path / "float")
-    ds = Dataset.from_arrays(np.random.default_rng(1).integers(0, 2000, size=(32, 16)))  # token ids
+    from compress.data.dataset import _build_named
+
+    ids = {"input": np.random.default_rng(1).integers(0, 2000, size=(32, 16))}  # token ids, kept int64
+    ds = _build_named(ids, None, DataConfig(), where="test", source_desc="token ids")
     out = QuantizeWeights(QuantizeWeightsConfig()).run(base, _ctx(ds, tmp_path / "q"))
     plain = QuantizeWeights(QuantizeWeightsConfig(embeddings=False)).run(base, _ctx(ds, tmp_path / "q2"))
     assert out.facts["embeddings_quantized"] == 1 and plain.facts["embeddings_quantized"] == 0

@@ -213,7 +213,10 @@ def _ort_quantize(model: "onnx.ModelProto", cfg: QuantizeWeightsConfig, exclude:
     old = log.level
     log.setLevel(logging.WARNING)
     try:
-        ops = ("MatMul", "Gather") if cfg.embeddings and cfg.bits == 4 else ("MatMul",)
+        inits = {i.name for i in model.graph.initializer}
+        tables = any(n.op_type == "Gather" and n.input and n.input[0] in inits for n in model.graph.node)
+        # only with a real embedding table: asking for Gather makes the quantizer raise the opset to 21
+        ops = ("MatMul", "Gather") if cfg.embeddings and cfg.bits == 4 and tables else ("MatMul",)
         algo = DefaultWeightOnlyQuantConfig(block_size=cfg.group_size, is_symmetric=cfg.symmetric,
                                             accuracy_level=cfg.accuracy_level, quant_format=QuantFormat.QOperator,
                                             op_types_to_quantize=ops, bits=cfg.bits)
