@@ -112,7 +112,7 @@ def test_qat_accuracy_holds_and_facts_record_the_recovery(qat, digits):
 
 def test_training_defaults_survive_a_partial_override():
     cfg = QuantizeQATConfig.model_validate({"train": {"epochs": 1}})
-    assert cfg.train.epochs == 1 and cfg.train.lr == 1e-4 and cfg.train.distill is not None
+    assert cfg.train.epochs == 1 and cfg.train.lr == 1e-3 and cfg.train.distill is not None
     assert QuantizeQATConfig.model_validate({"train": {"distill": None}}).train.distill is None
     with pytest.raises(Exception, match="extra"):
         QuantizeQATConfig.model_validate({"bits": 4})
