@@ -26,17 +26,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks" / "pretrained"
-PIPELINES = ["efficientnet-lite0-ptq", "efficientnet-lite0-ptq-full-range", "efficientnet-lite0-max-drop",
-             "transformer-dynamic"]
+PIPELINES = ["efficientnet-lite0-ptq", "efficientnet-lite0-ptq-full-range", "efficientnet-lite0-ptq-percentile",
+             "efficientnet-lite0-max-drop", "transformer-dynamic"]
 
 
-def run(name: str, workdir: Path) -> dict:
+def run(name: str, workdir: Path, execute: bool = True) -> dict:
     import os
 
     t0 = time.monotonic()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "compress.cli", "run", str(HERE / f"{name}.yaml")], cwd=workdir,
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=env) if execute else None
     rep = json.loads((workdir / "runs" / name / "report.json").read_text())
     final = rep["stages"][-1]
     m = next(iter(final["measurements"].values()))
@@ -44,7 +44,7 @@ def run(name: str, workdir: Path) -> dict:
     from compress.kernels import compute_layers
 
     ints, floats = compute_layers(ops)
-    row = {"pipeline": name, "exit_code": proc.returncode, "seconds": round(time.monotonic() - t0, 1),
+    row = {"pipeline": name, "exit_code": proc.returncode if proc else rep["status"], "seconds": round(time.monotonic() - t0, 1),
            "n_eval": m["n_eval"], **{k: m.get(k) for k in ("agreement", "agreement_top5", "cosine", "cosine_p1",
                                                             "relative_error", "speedup_vs_baseline", "speedup_ci")},
            "p50_ms_fp32": next(iter(rep["baseline"]["measurements"].values()))["latency"]["p50_ms"],
@@ -81,7 +81,7 @@ def markdown(rows: list[dict]) -> str:
                      f"{r['int8_layers'] + r['float_layers']} | {r['load_avg_1m']} |")
     lines.append("")
     for r in rows:
-        lines.append(f"- **{r['pipeline']}** ({r['n_eval']} eval samples; exit code {r['exit_code']}): "
+        lines.append(f"- **{r['pipeline']}** ({r['n_eval']} eval samples; {r['exit_code']}): "
                      f"{r['library']}; {(r['reduce_range'] or {}).get('why', '')}")
         if "accuracy_control" in r:
             a = r["accuracy_control"]
@@ -100,8 +100,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", nargs="*", default=None, help="pipeline names (default: all)")
     p.add_argument("--workdir", type=Path, default=ROOT, help="where runs/ and .compress-cache go (default: repo)")
+    p.add_argument("--no-run", action="store_true", help="only summarize the runs/<name>/report.json already there")
     args = p.parse_args(argv)
-    rows = [run(n, args.workdir.resolve()) for n in (args.only or PIPELINES)]
+    rows = [run(n, args.workdir.resolve(), not args.no_run) for n in (args.only or PIPELINES)]
     out = ROOT / "reports"
     (out / "pretrained.json").write_text(json.dumps(rows, indent=2))
     (out / "pretrained.md").write_text(markdown(rows))
