@@ -93,6 +93,15 @@ def test_expected_latency_equals_the_hand_computed_sum_on_a_synthetic_table():
         net.alphas[m.key].data = torch.log(torch.tensor(p))
     hand = 2.0 * ((0.5 * 1 + 0.25 * 2 + 0.25 * 0.1) + (0.1 * 3 + 0.9 * 5))
     assert math.isclose(float(darts.expected_latency(net)), hand, rel_tol=1e-6)
+    # in the loss: relative to the uniform mixture, or as a penalty above a budget on b + E
+    ds = darts.split_for_search(_synthetic(), 0.5, 0)
+    hook = darts.ArchStep(net, ds, darts.ArchConfigValues(latency_weight=3.0), total_steps=4)
+    uniform = 2.0 * ((1.0 + 2.0 + 0.1) / 3 + (3.0 + 5.0) / 2)
+    assert math.isclose(hook.e0, uniform, rel_tol=1e-6)
+    assert math.isclose(float(hook.latency_term()[1]), 3.0 * hand / uniform, rel_tol=1e-6)
+    budget = darts.ArchStep(net, ds, darts.ArchConfigValues(latency_weight=3.0, latency_budget_ms=5.0,
+                                                            overhead_ms=0.5), total_steps=4)
+    assert math.isclose(float(budget.latency_term()[1]), 3.0 * ((0.5 + hand) / 5.0 - 1), rel_tol=1e-6)
     # the derived net's prediction: a * (sum of its ops' entries) + b
     lt = darts.LatencyTable(table, a=2.0, b=0.5)
     assert math.isclose(lt.predict(space.chosen(net, ["skip", "mb_k3_e2"])), 2.0 * (0.1 + 5.0) + 0.5, rel_tol=1e-9)

@@ -5,8 +5,10 @@
   ``alpha`` row, as in DARTS; each inverted-residual layer has its own.
 * **Expected latency**: ``sum over mixed edges of softmax(alpha) . t`` where ``t`` holds the per-operation
   latencies of that edge at its input shape, read from a table timed on the declared target
-  (:func:`build_latency_table`, through the measurement service). It enters the architecture loss as
-  ``latency_weight * E[latency] (ms)``, or with a budget as ``latency_weight * relu(overhead + E - budget)``.
+  (:func:`build_latency_table`, through the measurement service). It enters the architecture loss relative
+  to ``E0``, the expected latency of the uniform mixture (the start of the search), so that the weight does
+  not depend on the model's size or the machine: ``latency_weight * E / E0``; with a budget,
+  ``latency_weight * relu((b + E) / budget - 1)`` (``b + E``: the predicted latency of the mixture).
 * **Bi-level, first order**: the network weights train on one half of the training split through the one
   training loop (:func:`compress.training.train`); after every weight step, :class:`ArchStep` (the loop's
   ``after_step`` hook) takes one Adam step on the architecture parameters alone, on a batch of the other,
@@ -324,7 +326,7 @@ def block(space_name: str, m: MixedOp, op: str):
 
 
 def build_latency_table(space, net: Supernet, measure: Callable[[list["Artifact"]], list[Any]], work_dir: Path,
-                        like: "Artifact", seed: int = 0) -> LatencyTable:
+                        input_shape: Sequence[int], seed: int = 0) -> LatencyTable:
     """The search stage's table builder (:func:`compress.search.latency.build`) on this supernet: every
     (operation, input shape) alone, plus three whole networks (cheapest, dearest and a random genotype,
     chosen by parameter count before anything is timed) that fit ``measured ~ a * sum + b``, all in ONE
@@ -340,7 +342,7 @@ def build_latency_table(space, net: Supernet, measure: Callable[[list["Artifact"
     rng = np.random.default_rng(seed)
     genos = [space.pick(net, how, rng) for how in ("min", "max", "random")]
     adapter = _TableSpace(space, net)
-    model, _ = latency.build(adapter, measure, work_dir, input_shape=tuple(like.input_shape),
+    model, _ = latency.build(adapter, measure, work_dir, input_shape=tuple(input_shape),
                              calibration=[{"genotype": g} for g in genos])
     table = {k: v["ms"] for k, v in model.table.items()}
     a, b = model.a, model.b
@@ -392,6 +394,7 @@ class ArchStep:
         self.opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.lr, betas=(0.5, 0.999),
                                     weight_decay=cfg.weight_decay)
         self.steps = 0
+        self.e0 = max(float(sum(m.latency.mean() for m in net.mixed())), 1e-9)  # E of the uniform mixture
         self.last: dict[str, float] = {}
         self.seen: list[torch.Tensor] = []  # indices (into the split) of every batch, for tests
         net.beta = 1.0 if cfg.anti_collapse == "darts-" else 0.0
@@ -405,10 +408,11 @@ class ArchStep:
         return self.x[idx], self.y[idx]
 
     def latency_term(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E, term)``: the expected latency (ms) and its share of the loss (see the module docstring)."""
         e = expected_latency(self.net)
         if self.cfg.latency_budget_ms is not None:
-            return e, self.cfg.latency_weight * F.relu(self.cfg.overhead_ms + e - self.cfg.latency_budget_ms)
-        return e, self.cfg.latency_weight * e
+            return e, self.cfg.latency_weight * F.relu((self.cfg.overhead_ms + e) / self.cfg.latency_budget_ms - 1)
+        return e, self.cfg.latency_weight * e / self.e0
 
     def __call__(self, model: nn.Module, step: int) -> None:
         if self.cfg.anti_collapse == "darts-":

@@ -7,7 +7,8 @@ Maps to :mod:`compress.search.darts` (mixed operations, expected latency, bi-lev
 1. the per-operation latency table on the first target: each candidate operation at the input shape it
    sees, plus three whole networks for ``a * sum + b``, timed interleaved by ``ctx.measure.latency``;
 2. the search: weights on one half of ``data.train``, the alphas on the other, loss of the alphas =
-   cross-entropy + ``latency_weight`` x expected latency (ms) (or a penalty above ``latency_budget_ms``);
+   cross-entropy + ``latency_weight`` x expected latency / that of the uniform mixture (or a penalty on the
+   predicted latency above ``latency_budget_ms``);
 3. derive the architecture (a ``module:callable`` + genotype kwargs) and its predicted latency;
 4. the validation every search owes: the derived architecture and the baseline architecture (the
    stage's input model's recipe, or ``baseline:``) trained from scratch with the same ``retrain`` recipe
@@ -140,10 +141,11 @@ class SearchDartsConfig(StageConfig):
                                                            description="Options of the inverted-residual space.")
     train: SearchTrainConfig = Field(default_factory=SearchTrainConfig, description="Supernet weight training.")
     arch: ArchConfig = Field(default_factory=ArchConfig, description="Architecture-parameter optimisation.")
-    latency_weight: float = Field(0.5, ge=0, description="Weight of the expected latency (per ms) in the alphas' "
-                                  "loss; 0 searches for accuracy alone.")
+    latency_weight: float = Field(1.0, ge=0, description="Weight of the expected latency in the alphas' loss, "
+                                  "relative to the uniform mixture's (1: the term is 1 at the start); 0 searches "
+                                  "for accuracy alone.")
     latency_budget_ms: float | None = Field(None, gt=0, description="With a budget, only the predicted latency "
-                                            "above it is penalised: latency_weight * relu(predicted - budget).")
+                                            "above it is penalised: latency_weight * relu(predicted / budget - 1).")
     anti_collapse: Literal["darts-", "none"] = Field(
         "darts-", description="'darts-': auxiliary skip beta*x on every stride-1 mixed edge, beta decaying 1 -> 0 "
         "(Chu et al. 2021); 'none': bare DARTS (prone to skip-dominated cells).")
@@ -224,7 +226,7 @@ class SearchDarts(Stage):
             return ctx.measure.latency(arts, policy=policy)
 
         ctx.log(f"latency table: timing the {space.name} operations on the target")
-        table = darts.build_latency_table(space, net, measure, ctx.work_dir / "latency_table", artifact,
+        table = darts.build_latency_table(space, net, measure, ctx.work_dir / "latency_table", artifact.input_shape,
                                           seed=cfg.train.seed)
         ctx.log(f"latency table: {len(table.table)} entries, a={table.a:.3f}, b={table.b:.4f} ms "
                 f"({table.seconds} s)")
