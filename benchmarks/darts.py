@@ -84,7 +84,7 @@ def main() -> int:
     ap.add_argument("--cache", default=None, help="measurement cache folder (default: a temporary one)")
     ap.add_argument("--out", default=str(ROOT / "reports"))
     ap.add_argument("--match-baseline", default=None, help="a search-darts report.json: match a tiny_cnn baseline")
-    ap.add_argument("--widths", type=int, nargs="+", default=[12, 16, 20, 24, 28, 32, 40])
+    ap.add_argument("--widths", type=int, nargs="+", default=[16, 24, 32, 40, 48])
     args = ap.parse_args()
     if args.match_baseline:
         return match_baseline(args)
@@ -218,7 +218,8 @@ def match_baseline(args) -> int:
         f"{', '.join(env.get('cpu_flags') or [])}; shared, load average {env.get('load_avg_1m')}).", "",
         "Measured p50 (ms, ONNX Runtime 1 thread, batch 1, one interleaved session): "
         + ", ".join(f"{k} {v}" for k, v in ms.items()) + ".", "",
-        f"Closest baseline: **{best}**. From scratch with the stage's recipe ({cfg.epochs:g} epochs, Adam lr {cfg.lr}, "
+        f"Closest baseline: **{best}**. From scratch with the stage's recipe ("
+        f"{f'{cfg.steps} steps' if cfg.steps else f'{cfg.epochs:g} epochs'}, Adam lr {cfg.lr}, "
         f"batch {cfg.batch_size}), seeds {seeds}, top-1 % on the digits eval split (torch):", "",
         "| architecture | p50 ms | accuracy mean | std | min | max |", "|---|---|---|---|---|---|",
         f"| searched (pipeline record) | {ms['searched']} | {s['mean']:.2f} | {s['std']:.2f} | {s['min']:.2f} | {s['max']:.2f} |",
