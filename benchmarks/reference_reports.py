@@ -4,7 +4,8 @@
     python benchmarks/reference_reports.py quickstart # some
 
 Each pipeline runs at full settings with `compress run` (its own cache, so a re-run is cheap unless
---remeasure is given); report.json and report.md are copied to reports/<pipeline>/. The exit code of each
+--remeasure is given); report.json and report.md are copied to reports/<pipeline>/ (and, for the quickstart, a
+headless-Chromium screenshot of its report.html to reports/quickstart/report.png). The exit code of each
 run is recorded in reports/index.md, gate failures included: a reference report shows what happened.
 """
 from __future__ import annotations
@@ -15,6 +16,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def screenshot(html: Path, png: Path) -> None:
+    """report.html as headless Chromium draws it (Debian package `chromium`), for the README."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        print("no chromium: screenshot skipped (apt-get install -y chromium)")
+        return
+    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={png}",
+                    "--window-size=1200,2600", html.resolve().as_uri()], check=True, capture_output=True, timeout=120)
 
 
 def main(argv: list[str]) -> int:
@@ -34,6 +45,8 @@ def main(argv: list[str]) -> int:
         for f in ("report.json", "report.md"):
             if (out / f).is_file():
                 shutil.copyfile(out / f, dest / f)
+        if p.stem == "quickstart" and (out / "report.html").is_file():
+            screenshot(out / "report.html", dest / "report.png")
         rows.append(f"| [{p.stem}]({p.stem}/report.md) | `{' '.join(cmd[:4])}` | {rc} |")
     index = ROOT / "reports" / "index.md"
     keep = {}

@@ -2,7 +2,7 @@
 three-way decision (pass / fail / inconclusive) against a threshold.
 
 The data are the paired per-round ratios of the one timing loop (``timing.paired_ratios``): in every
-interleaving round both artifacts were timed moments apart, and the ratio of their per-round medians is
+interleaving round both artifacts were timed moments apart, and the ratio of their fastest calls in that round is
 one observation. The speed-up is the median of those ratios; its interval is the distribution-free
 *sign-test* (binomial order-statistic) interval for a median, as in ``scipy.stats.binomtest``'s theory:
 with ``n`` sorted ratios, ``[r_(k), r_(n-k+1)]`` covers the median with probability
