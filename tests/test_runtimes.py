@@ -160,3 +160,39 @@ def test_bench_rejects_a_bad_target_in_one_line(conv_models):
     assert r.exit_code == 2 and "graph_optimization" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["bench", str(f32), "missing.onnx"])
     assert r.exit_code == 2 and "missing.onnx" in r.output
+
+
+def _providers() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in _providers(), reason="no GPU (onnxruntime-gpu with CUDA)")
+def test_cuda_target_runs_when_a_gpu_is_present(conv_models):
+    """GPU execution providers are targets like any other; skipped on CPU-only machines."""
+    model, f32, _ = conv_models
+    t = parse_target({"name": "cuda", "providers": ["CUDAExecutionProvider"]})
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    with get_runtime("onnxruntime").open(f32, t) as sess:
+        assert sess.info["providers"][0] == "CUDAExecutionProvider"
+        got = sess.infer(x)
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(torch.from_numpy(x)).numpy(), atol=1e-3, rtol=1e-3)
+    from compress.runtimes.environment import accelerators
+
+    assert accelerators([t]) == "onnxruntime CUDAExecutionProvider"
+
+
+def test_environment_names_the_instruction_set_and_accelerators():
+    from compress.runtimes.environment import accelerators, fingerprint, isa
+
+    assert isa({"avx2", "fma"}, "x86_64") == "x86_64 AVX2 FMA (no AVX-512, no VNNI, no AMX)"
+    assert isa({"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_tile", "amx_int8"}, "x86_64") == \
+        "x86_64 AVX2 FMA AVX-512+BW AVX-512 VNNI AMX"
+    assert isa({"avx2", "avx_vnni"}, "x86_64") == "x86_64 AVX2 AVX-VNNI (no AVX-512, no AMX)"
+    cpu_only = [OrtTarget(name="o"), OpenVinoTarget(name="v"), TorchTarget(name="t")]
+    assert accelerators(cpu_only) is None
+    assert accelerators([OpenVinoTarget(name="g", device="GPU")]) == "openvino GPU"
+    fp = fingerprint(gpu="onnxruntime CUDAExecutionProvider")
+    assert fp["isa"].startswith(fp["machine"]) and fp["gpu"] == "onnxruntime CUDAExecutionProvider"
