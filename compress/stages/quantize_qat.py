@@ -197,6 +197,11 @@ class QuantizeQAT(Stage):
         from compress.facts import onnx_facts
         from compress.training import accuracy, total_steps, train
 
+        specs = artifact.input_specs
+        if len(specs) > 1 or specs[0]["dtype"] != "float32":
+            raise StageError(f"quantize.qat: the model takes named inputs ({', '.join(s['name'] for s in specs)}); "
+                             f"QAT supports one float input so far",
+                             hint="use quantize.ptq, quantize.dynamic or quantize.weights, which feed every input")
         cfg = self.config
         teacher = ctx.load_torch(artifact)
         labelled = ctx.dataset.y is not None and len(ctx.dataset.splits["eval"]) > 0
