@@ -91,5 +91,8 @@ def test_pipeline_runs_end_to_end(path, tmp_path):
     assert len(rep["stages"]) == len(cfg["stages"])
     for rec in [rep["baseline"], *rep["stages"]]:
         for m in rec["measurements"].values():
+            if m.get("na"):  # an artifact this target's runtime does not run (ONNX on a torch target)
+                assert m["latency"] is None and m["accuracy"] is None
+                continue
             assert m["latency"]["p50_ms"] > 0
             assert m["accuracy"] is not None or m["agreement"] is not None
