@@ -214,3 +214,19 @@ def test_embedding_task_and_user_metric_on_the_text_encoder(tmp_path, monkeypatc
     assert exp["ort"]["cosine"] == pytest.approx(1.0, abs=1e-5) and exp["ort"]["relative_error"] < 1e-3
     assert base["ort"]["metric"] == pytest.approx(base["pt"]["metric"], rel=1e-4)  # same model, two runtimes
     assert "Quality (embedding)" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_qat_refuses_named_inputs_in_one_line(user_model, tmp_path):
+    from compress.artifact import Artifact, save_torch
+    from compress.context import StageContext
+    from compress.errors import StageError
+    from compress.stages.quantize_qat import QuantizeQAT
+
+    stub = Artifact(format="torch", precision="float32", dir=tmp_path, files={}, file_hashes={}, input_shape=(1, 4),
+                    input_name="x", inputs=tuple(SPECS), recipe={"callable": "twoin:build", "kwargs": {}})
+    art = save_torch(user_model.build(), tmp_path / "a", like=stub, producer="test")
+    ds = load_dataset(DataConfig(source="callable", callable="twoin:data"), tmp_path, inputs=SPECS)
+    ctx = StageContext(dataset=ds, work_dir=tmp_path / "w", export=ExportConfig(), base_dir=tmp_path)
+    with pytest.raises(StageError, match="named inputs") as e:
+        QuantizeQAT(QuantizeQAT.Config()).run(art, ctx)
+    assert "\n" not in str(e.value)
