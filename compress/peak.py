@@ -1,10 +1,12 @@
 """This machine's peak multiply-accumulate rate per precision on a target: the denominator of a record's
 *efficiency* (MACs ÷ p50 ÷ peak), so a report says how far from the hardware's limit a model runs.
 
-The micro-benchmark is one large 3x3 convolution (64 → 64 channels at 56x56, 115.6 M MACs), in float32
+The micro-benchmark is one 3x3 convolution (64 → 64 channels at 28x28, 28.9 M MACs), in float32
 and as integer ``QLinearConv`` (uint8 activations, int8 weights: the x86 fast path), built as ONNX
 artifacts and timed like every record: through the measurement service (``Measure.latency``, the one
-timing loop, interleaved, the target's runtime and threads). Peak = MACs / p50. The result is cached
+timing loop, interleaved, the target's runtime and threads). Peak = MACs / the fastest call: a peak is a
+best case, and on a shared machine the p50 of a multi-millisecond call mostly measures the neighbours
+(on our loaded box the p50-based float32 "peak" came out below what ResNet-20 reached). The result is cached
 per environment fingerprint (CPU model, ISA flags, cores, runtime versions) and target, so a machine
 measures it once. It is a practical peak (what the runtime's best kernel reaches on a friendly shape),
 not the datasheet number.
@@ -17,9 +19,9 @@ from typing import Any
 from compress.artifact import ONNX, Artifact, save_onnx
 from compress.cache import cache_key
 
-C, HW, K = 64, 56, 3
+C, HW, K = 64, 28, 3
 MACS = C * C * K * K * HW * HW  # per inference, batch 1 ('same' padding)
-VERSION = 1  # bump when the micro-benchmark changes
+VERSION = 2  # bump when the micro-benchmark changes
 
 
 def _model(precision: str):
@@ -86,7 +88,7 @@ def peak(measure, target: Any, env: dict[str, Any]) -> dict[str, Any]:
                             names=["float32", "int8"])
     if any(s is None for s in stats):  # the target's runtime runs no ONNX (e.g. torch): no peak to compare with
         return {"gmacs": {}, "macs": MACS, "na": f"{target.runtime} does not run the ONNX micro-benchmark"}
-    out = {"gmacs": {p: round(MACS / (s.p50_ms * 1e-3) / 1e9, 3) for p, s in zip(("float32", "int8"), stats)},
+    out = {"gmacs": {p: round(MACS / (s.min_ms * 1e-3) / 1e9, 3) for p, s in zip(("float32", "int8"), stats)},
            "macs": MACS, "model": f"Conv {C}->{C} {K}x{K} at {HW}x{HW}, batch 1 (float32; QLinearConv U8S8)"}
     cache.put_json(key, out)
     return out

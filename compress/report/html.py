@@ -97,7 +97,8 @@ def latency_chart(report: Report) -> str | None:
     ax.boxplot(data, orientation="horizontal", showfliers=True, whis=(1, 99), flierprops={"markersize": 2, "alpha": 0.4})
     ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("latency per call (ms); box: p25-p75, line: p50, whiskers: p1-p99")
+    ax.set_xscale("log")  # a loaded machine's tail is 10-30x the median: keep the boxes readable
+    ax.set_xlabel("latency per call (ms, log scale); box: p25-p75, line: p50, whiskers: p1-p99")
     ax.set_title("latency distribution per artifact (all timed samples)")
     ax.grid(axis="x", alpha=0.3)
     return _svg(fig)
@@ -157,7 +158,10 @@ def render_html(report: Report) -> str:
         ("Speed-up with 95% interval", speedup_chart(report)),
         ("Latency distributions", latency_chart(report)),
     ) if svg]
-    return env.get_template("report.html.j2").render(
+    efficiency = [(r.name, t, r.artifact.precision, r.artifact.macs, m.latency.p50_ms, m.efficiency)
+                  for r in [*report.records(), *report.references] for t, m in r.measurements.items()
+                  if m.efficiency is not None and m.latency]
+    return env.get_template("report.html.j2").render(efficiency=efficiency,
         r=report, columns=COLUMNS, rows=rows(report), gate_columns=GATE_COLUMNS, gate_rows=gate_rows(report),
         charts=charts, layer_cols=layer_cols, layer_rows=layer_rows,
         environment={k: v for k, v in report.environment.items() if k not in ("packages", "thread_env")},
