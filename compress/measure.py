@@ -246,7 +246,7 @@ class Measure:
 
     def user_metric(self) -> Callable[..., float] | None:
         """The pipeline's ``evaluation.metric`` callable (``module:callable``), imported from its folder."""
-        spec = getattr(self.evaluation, "metric", None)
+        spec = self.evaluation.metric
         if spec is None:
             return None
         from compress.artifact import import_callable
@@ -267,7 +267,7 @@ class Measure:
 
         ref = self.outputs(reference, target) if reference is not None else None
         labels = self.labels()
-        task = getattr(self.evaluation, "task", "classification")
+        task = self.evaluation.task
         metric = self.user_metric()
         results = []
         for art in arts:
