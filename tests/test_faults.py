@@ -132,7 +132,7 @@ def test_cache_verify_and_gc(tmp_path, warm):
     assert r.exit_code == 0 and "1 corrupt removed" in r.output and r.output.count(CORRUPT) == 1
     r = run("cache", "gc", "--cache-dir", str(cache))  # no budget: only orphaned temp folders go
     assert r.exit_code == 0 and "removed 1" in r.output and not any((cache / "tmp").iterdir())
-    r = run("cache", "gc", "--cache-dir", str(cache), "--max-size", "0.001MB")
+    r = run("cache", "gc", "--cache-dir", str(cache), "--max-size", "0MB")
     assert r.exit_code == 0 and "kept 0 entries" in r.output and not any((cache / "artifacts").iterdir())
     r = run("cache", "gc", "--cache-dir", str(cache), "--max-age", "3 fortnights")
     assert r.exit_code == 2 and "--max-age" in r.output
