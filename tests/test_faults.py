@@ -3,7 +3,7 @@ leave a user stuck. Each case asserts the exit code, the one-line message, and t
 
 Cases: corrupt cache entries of every kind (artifact file, artifact manifest, facts/evaluation/timing
 JSON, non-UTF-8 JSON, evaluation arrays), a run killed (``os._exit``, like kill -9) while building the
-baseline, inside a stage and while timing, concurrent runs of one pipeline, stale locks, binary and corrupt
+baseline, inside a stage, while evaluating and while timing, concurrent runs of one pipeline, stale locks, binary and corrupt
 inputs, unwritable output folders, out-of-range gates, did-you-mean, label-free data.
 """
 from __future__ import annotations
@@ -155,6 +155,9 @@ KILL = {
     "stage": "import compress.stages.export_onnx as m\n"
              "def die(self, art, ctx):\n    (ctx.work_dir / 'half.onnx').write_bytes(b'x'); os._exit(9)\n"
              "m.ExportOnnx.run = die\n",
+    "evaluation": "import compress.evaluation as m\n"
+                  "def die(*a, **k):\n    os._exit(9)\n"
+                  "m.run_outputs = die\n",
     "timing": "import compress.runtimes as m, compress.runtimes.timing as t\n"
               "def die(*a, **k):\n    os._exit(9)\n"
               "m.measure_interleaved = t.measure_interleaved = die\n",
@@ -177,12 +180,13 @@ def test_killed_run_keeps_finished_work_and_resumes(tmp_path, tiny_yaml, phase):
     assert proc.returncode == 9, out
     tmp_dir = tmp_path / "cache" / "tmp"
     orphans = list(tmp_dir.iterdir()) if tmp_dir.is_dir() else []
-    assert bool(orphans) == (phase != "timing"), orphans  # a half-built step leaves its work folder
+    assert bool(orphans) == (phase in ("baseline", "stage")), orphans  # a half-built step leaves its work folder
     for o in orphans:  # an hour old: the next run removes it (a younger one might be a live run's)
         os.utime(o, (time.time() - 7200, time.time() - 7200))
     r = run("run", str(p))
     assert r.exit_code == 0, r.output
     cached = {"baseline": [], "stage": ["baseline", "fold (transform.fold_bn)"],
+              "evaluation": ["baseline", "fold (transform.fold_bn)", "export (export.onnx)"],
               "timing": ["baseline", "fold (transform.fold_bn)", "export (export.onnx)"]}[phase]
     for label in cached:
         assert f"{label}: cached" in r.output, r.output
