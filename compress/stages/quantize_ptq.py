@@ -503,7 +503,7 @@ def runtime_accounting(out: Path, ctx: "StageContext", facts: dict[str, Any], st
     ctx.log(f"{n_int} of {total} compute layer(s) run as INT8 kernels on {on} ("
             + ", ".join(f"{k} x{v}" for k, v in ints.items())
             + (f"; float: {', '.join(f'{k} x{v}' for k, v in floats.items())}" if floats else "")
-            + f"); the quantizer annotated {len(annotated)} of {len(layers)}")
+            + (f"); the quantizer annotated {len(annotated)} of {len(layers)}" if annotated else ")"))
     if n_float > n_int:
         facts["mostly_float"] = True
         ctx.log(f"WARNING: the output runs MOSTLY IN FLOAT: {n_float} of {total} compute layers are float kernels "
