@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from compress.config import LoadedConfig, check_paths
@@ -52,9 +53,18 @@ def preflight(loaded: LoadedConfig, out_override: str | None = None, *, create: 
                    loaded.where("output", "cache_dir") if "cache_dir" in cfg.output.model_fields_set
                    else loaded.display, create)
     model = cfg.model
-    ds = load_dataset(cfg.data, loaded.base_dir, inputs=model.input_specs() if model.named_inputs() else None)
+    inputs = model.input_specs() if model.named_inputs() else None
+    # validate skips the resize (torch's antialiased bilinear, the one data step that needs torch) and
+    # checks the shape the resize will give; the run loads the data as it is used
+    resize_later = not create and cfg.data.image_size is not None and inputs is None
+    ds = load_dataset(cfg.data.model_copy(update={"image_size": None}) if resize_later else cfg.data,
+                      loaded.base_dir, inputs=inputs)
+    if resize_later and ds.x.ndim != 4:  # not images: let the real load say why image_size does not apply
+        ds = load_dataset(cfg.data, loaded.base_dir, inputs=inputs)
     if ds.inputs is None:
-        check_input_shape(ds, model.input_shape)
+        side = cfg.data.image_size
+        check_input_shape(SimpleNamespace(sample_shape=(ds.sample_shape[0], side, side)) if resize_later else ds,
+                          model.input_shape)
     else:  # named inputs: each array against its model.inputs entry
         check_named_inputs(ds, model.input_specs())
     checked = Checked(dataset=ds, out_dir=out)

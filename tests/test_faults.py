@@ -413,3 +413,13 @@ def test_damaged_training_checkpoint_is_never_resumed_from(tmp_path, caplog):
     _flip(ckpt)
     assert _load_checkpoint(ckpt) is None and not ckpt.exists()
     assert "corrupt training checkpoint removed" in caplog.text
+
+
+def test_validate_checks_the_data_without_torch():
+    """The quickstart resizes its data (torch's bilinear): validate checks the resized shape without it."""
+    code = ("import sys; from compress.cli import main; sys.argv=['compress','validate','pipelines/quickstart.yaml']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "heavy=[m for m in ('torch','onnxruntime','nncf','openvino') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and "data 1797 samples, labeled" in r.stdout, r.stderr
