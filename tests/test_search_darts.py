@@ -223,3 +223,23 @@ def test_stage_rejects_an_edited_input_without_a_baseline(tmp_path):
         SearchDarts(SearchDartsConfig()).baseline_recipe(art)
     cfg = SearchDartsConfig(baseline={"zoo": "tiny_cnn", "kwargs": {"width": 4}})
     assert SearchDarts(cfg).baseline_recipe(art)["callable"] == "compress.zoo.tiny:tiny_cnn"
+
+
+def test_latency_table_subtracts_the_per_call_cost_of_an_identity(tmp_path):
+    from compress.artifact import import_callable
+    from compress.facts import torch_facts
+
+    space = _cells(ops=("none", "skip_connect", "max_pool_3x3", "sep_conv_3x3"))
+    net = space.supernet(aux_skip=False)
+    darts.probe_shapes(net, (1, 1, 8, 8))
+    fake = FakeMeasure()  # p50 = 1 us per call + 1 ns per MAC
+    table = darts.build_latency_table(space, net, fake.latency, tmp_path, (1, 1, 8, 8))
+    assert len(fake.calls) == 1  # ops, identities and calibration networks in one interleaved call
+    for m in net.mixed():
+        for op in m.candidates:
+            if op == "none":
+                continue
+            mod = import_callable("compress.search.cells:single_op")(space.name, op, m.c_in, m.c_out, m.stride)
+            macs = torch_facts(mod, (1, m.c_in, *m.in_hw))["macs"]
+            assert math.isclose(table.table[darts.signature(m, op)], 1e-6 * macs, abs_tol=1e-9)
+    assert table.calibration[0]["genotype"]["normal"][0][0] == "skip_connect"  # the cheapest: skip-heavy

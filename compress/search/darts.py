@@ -307,9 +307,11 @@ class _TableSpace:
         return [{"all": True}]
 
     def blocks(self, config: dict[str, Any]) -> list:
-        pairs = ([(m, op) for m in self.net.mixed() for op in m.candidates] if config.get("all")
-                 else self.space.chosen(self.net, config["genotype"]))
-        return [block(self.space.name, m, op) for m, op in pairs if op != "none"]
+        if config.get("all"):  # every candidate, and an identity per input shape (the per-call reference)
+            ops = [block(self.space.name, m, op) for m in self.net.mixed() for op in m.candidates if op != "none"]
+            return ops + [identity_block(s) for s in sorted({b.input_shape for b in ops})]
+        return [block(self.space.name, m, op) for m, op in self.space.chosen(self.net, config["genotype"])
+                if op != "none"]
 
     def recipe(self, config: dict[str, Any]) -> dict[str, Any]:
         return self.space.recipe(config["genotype"])
@@ -323,6 +325,13 @@ def block(space_name: str, m: MixedOp, op: str):
                                   "kwargs": {"space": space_name, "op": op, "c_in": m.c_in, "c_out": m.c_out,
                                              "stride": m.stride}},
                  input_shape=(1, m.c_in, *(m.in_hw or (0, 0))))
+
+
+def identity_block(shape: Sequence[int]):
+    """``torch.nn.Identity`` at ``shape``: what one session call costs with nothing to compute."""
+    from compress.search.space import Block
+
+    return Block(kind="identity", recipe={"callable": "torch.nn:Identity", "kwargs": {}}, input_shape=tuple(shape))
 
 
 def build_latency_table(space, net: Supernet, measure: Callable[[list["Artifact"]], list[Any]], work_dir: Path,
@@ -344,21 +353,32 @@ def build_latency_table(space, net: Supernet, measure: Callable[[list["Artifact"
     adapter = _TableSpace(space, net)
     model, _ = latency.build(adapter, measure, work_dir, input_shape=tuple(input_shape),
                              calibration=[{"genotype": g} for g in genos])
-    table = {k: v["ms"] for k, v in model.table.items()}
-    a, b = model.a, model.b
+    # an entry is the op's p50 minus that of an identity at the same input shape: timed alone, every op pays
+    # the cost of a session call, which a whole network pays once (plain p50s made cheap ops look dear)
+    ms = {k: v["ms"] for k, v in model.table.items()}
+    table = {}
+    for m in net.mixed():
+        for op in m.candidates:
+            if op != "none":
+                k = signature(m, op)
+                table[k] = max(0.0, ms[k] - ms[identity_block((1, m.c_in, *m.in_hw)).key])
+    sums = [table_sum(space.chosen(net, g), table) for g in genos]
+    measured = [r["measured_ms"] for r in model.calibration]
+    a, b = latency.fit_affine(sums, measured)
     if a <= 0:  # noise swamped the spread of the three networks: keep the sum's scale, fit the offset
-        a, b = latency.fit_affine([r["sum_ms"] for r in model.calibration[:1]],
-                                  [r["measured_ms"] for r in model.calibration[:1]])
+        a, b = latency.fit_affine(sums[:1], measured[:1])
     attach_latency(net, table, a)
-    cal = [{"genotype": r["config"]["genotype"], "sum_ms": round(r["sum_ms"], 5),
-            "measured_ms": round(r["measured_ms"], 5)} for r in model.calibration]
-    return LatencyTable(table, a, b, cal, len(table) + len(genos), round(time.monotonic() - t0, 2))
+    cal = [{"genotype": r["config"]["genotype"], "sum_ms": round(sm, 5), "measured_ms": round(r["measured_ms"], 5)}
+           for r, sm in zip(model.calibration, sums)]
+    return LatencyTable(table, a, b, cal, len(model.table) + len(genos), round(time.monotonic() - t0, 2))
 
 
 def _latency_by_params(net: Supernet) -> None:
-    """Stand-in latency vectors (parameter count + 1) to pick the calibration networks before timing."""
+    """Stand-in latency vectors (parameter count + 1; identity and ``none``: 0) to pick the calibration
+    networks before timing: the cheapest one is then skip-heavy, the fixed cost of the network alone."""
     for m in net.mixed():
-        m.latency = torch.tensor([0.0 if op == "none" else float(sum(p.numel() for p in m.ops[i].parameters()) + 1)
+        m.latency = torch.tensor([0.0 if op == "none" or isinstance(m.ops[i], nn.Identity)
+                                  else float(sum(p.numel() for p in m.ops[i].parameters()) + 1)
                                   for i, op in enumerate(m.candidates)])
 
 
