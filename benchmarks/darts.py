@@ -73,6 +73,47 @@ def one_search(args: tuple) -> dict:
             "arch_steps": hist["arch_steps"], "alphas": darts.alpha_table(net)}
 
 
+def setup(args, prefix: str):
+    """A temporary folder, the digits data set and a measurement service on ONNX Runtime (1 thread)."""
+    from compress.cache import Cache
+    from compress.config import EvaluationConfig, TargetConfig
+    from compress.export import ExportConfig
+    from compress.measure import Measure
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    ds = dataset()
+    target = TargetConfig(name="ort-cpu", runtime="onnxruntime", threads=1, graph_optimization="all")
+    measure = Measure(Cache(Path(args.cache or tmp / "cache")), targets=[target], dataset=ds, export=ExportConfig(),
+                      evaluation=EvaluationConfig(), base_dir=ROOT)
+    return tmp, ds, measure
+
+
+def table_for(args, measure, tmp: Path):
+    """The space of the pipeline, its supernet (shapes probed) and the latency table timed on the target."""
+    from compress.search import darts
+
+    space = darts.CellSpace(10, 1, **SPACE)
+    net = space.supernet(aux_skip=True, seed=args.seed)
+    darts.probe_shapes(net, (1, 1, 8, 8))
+    table = darts.build_latency_table(space, net, lambda arts: measure.latency(arts), tmp / "table", (1, 1, 8, 8),
+                                      args.seed)
+    return space, net, table
+
+
+def time_beside_calibration(space, genotypes: list, names: list[str], table, measure, tmp: Path):
+    """Time the networks of ``genotypes`` in ONE interleaved session with the table's calibration networks;
+    return their stats and the affine fit redone on this session (``a``, ``b``)."""
+    from compress.search.latency import fit_affine, recipe_artifact
+
+    cal = table.calibration
+    arts = [recipe_artifact(space.recipe(g), (1, 1, 8, 8), tmp / f"net{i}", seed=0) for i, g in enumerate(genotypes)]
+    arts += [recipe_artifact(space.recipe(c["genotype"]), (1, 1, 8, 8), tmp / f"cal{i}", seed=i)
+             for i, c in enumerate(cal)]
+    stats = measure.latency(arts, names=list(names) + [f"cal{i}" for i in range(len(cal))])
+    a2, b2 = fit_affine([c["sum_ms"] for c in cal], [s.p50_ms for s in stats[len(genotypes):]])
+    return stats[:len(genotypes)], a2, b2
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 4.0])
@@ -95,28 +136,14 @@ def main() -> int:
 
     import torch
 
-    from compress.cache import Cache
-    from compress.config import EvaluationConfig, TargetConfig
-    from compress.export import ExportConfig
-    from compress.measure import Measure
     from compress.runtimes.environment import fingerprint
-    from compress.search import darts
     from compress.search.from_scratch import compare
-    from compress.search.latency import recipe_artifact
     from compress.stages.search_darts import RetrainConfig
 
     torch.set_num_threads(1)
     started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="darts-bench-"))
-    ds = dataset()
-    target = TargetConfig(name="ort-cpu", runtime="onnxruntime", threads=1, graph_optimization="all")
-    measure = Measure(Cache(Path(args.cache or tmp / "cache")), targets=[target], dataset=ds, export=ExportConfig(),
-                      evaluation=EvaluationConfig(), base_dir=ROOT)
-    space = darts.CellSpace(10, 1, **SPACE)
-    net = space.supernet(aux_skip=True, seed=args.seed)
-    darts.probe_shapes(net, (1, 1, 8, 8))
-    table = darts.build_latency_table(space, net, lambda arts: measure.latency(arts), tmp / "table", (1, 1, 8, 8),
-                                      args.seed)
+    tmp, ds, measure = setup(args, "darts-bench-")
+    space, net, table = table_for(args, measure, tmp)
     print(f"latency table: {len(table.table)} entries, a={table.a:.3f} b={table.b:.4f} ms, {table.seconds} s",
           flush=True)
 
@@ -131,15 +158,8 @@ def main() -> int:
 
     # every derived architecture, timed in one interleaved measurement with the table's three calibration
     # networks (so the affine fit can also be redone in the same session: predicted_same_session_ms)
-    cal = table.calibration
-    arts = [recipe_artifact(space.recipe(r["genotype"]), (1, 1, 8, 8), tmp / f"net{i}", seed=0)
-            for i, r in enumerate(runs)]
-    arts += [recipe_artifact(space.recipe(c["genotype"]), (1, 1, 8, 8), tmp / f"cal{i}", seed=i)
-             for i, c in enumerate(cal)]
-    stats = measure.latency(arts, names=[r["name"] for r in runs] + [f"cal{i}" for i in range(len(cal))])
-    from compress.search.latency import fit_affine
-
-    a2, b2 = fit_affine([c["sum_ms"] for c in cal], [s.p50_ms for s in stats[len(runs):]])
+    stats, a2, b2 = time_beside_calibration(space, [r["genotype"] for r in runs], [r["name"] for r in runs], table,
+                                            measure, tmp)
     for r, s in zip(runs, stats):
         r["measured_ms"] = round(s.p50_ms, 5)
         r["robust_cv"] = round(s.robust_cv, 4)
@@ -175,34 +195,16 @@ def repredict(args) -> int:
     """The latency model of the current code on the derived architectures of an earlier run (no search)."""
     import torch
 
-    from compress.cache import Cache
-    from compress.config import EvaluationConfig, TargetConfig
-    from compress.export import ExportConfig
-    from compress.measure import Measure
     from compress.runtimes.environment import fingerprint
     from compress.search import darts
-    from compress.search.latency import fit_affine, recipe_artifact
 
     torch.set_num_threads(1)
     started = time.monotonic()
     runs = json.loads(Path(args.repredict).read_text())["runs"]
-    tmp = Path(tempfile.mkdtemp(prefix="darts-repredict-"))
-    ds = dataset()
-    target = TargetConfig(name="ort-cpu", runtime="onnxruntime", threads=1, graph_optimization="all")
-    measure = Measure(Cache(Path(args.cache or tmp / "cache")), targets=[target], dataset=ds, export=ExportConfig(),
-                      evaluation=EvaluationConfig(), base_dir=ROOT)
-    space = darts.CellSpace(10, 1, **SPACE)
-    net = space.supernet(aux_skip=True, seed=args.seed)
-    darts.probe_shapes(net, (1, 1, 8, 8))
-    table = darts.build_latency_table(space, net, lambda arts: measure.latency(arts), tmp / "table", (1, 1, 8, 8),
-                                      args.seed)
-    cal = table.calibration
-    arts = [recipe_artifact(space.recipe(r["genotype"]), (1, 1, 8, 8), tmp / f"net{i}", seed=0)
-            for i, r in enumerate(runs)]
-    arts += [recipe_artifact(space.recipe(c["genotype"]), (1, 1, 8, 8), tmp / f"cal{i}", seed=i)
-             for i, c in enumerate(cal)]
-    stats = measure.latency(arts, names=[r["name"] for r in runs] + [f"cal{i}" for i in range(len(cal))])
-    a2, b2 = fit_affine([c["sum_ms"] for c in cal], [s.p50_ms for s in stats[len(runs):]])
+    tmp, ds, measure = setup(args, "darts-repredict-")
+    space, net, table = table_for(args, measure, tmp)
+    stats, a2, b2 = time_beside_calibration(space, [r["genotype"] for r in runs], [r["name"] for r in runs], table,
+                                            measure, tmp)
     rows = []
     for r, st in zip(runs, stats):
         chosen = space.chosen(net, r["genotype"])
@@ -235,10 +237,6 @@ def match_baseline(args) -> int:
     """Time the searched architecture of a pipeline record beside tiny_cnn widths; train the closest one."""
     import torch
 
-    from compress.cache import Cache
-    from compress.config import EvaluationConfig, TargetConfig
-    from compress.export import ExportConfig
-    from compress.measure import Measure
     from compress.runtimes.environment import fingerprint
     from compress.search.from_scratch import compare
     from compress.search.latency import recipe_artifact
@@ -249,11 +247,7 @@ def match_baseline(args) -> int:
     rep = json.loads(Path(args.match_baseline).read_text())
     stage = next(s for s in rep["stages"] if s["type"] == "search.darts")
     facts = stage["facts"]
-    tmp = Path(tempfile.mkdtemp(prefix="darts-base-"))
-    ds = dataset()
-    target = TargetConfig(name="ort-cpu", runtime="onnxruntime", threads=1, graph_optimization="all")
-    measure = Measure(Cache(Path(args.cache or tmp / "cache")), targets=[target], dataset=ds, export=ExportConfig(),
-                      evaluation=EvaluationConfig(), base_dir=ROOT)
+    tmp, ds, measure = setup(args, "darts-base-")
     searched = {"callable": "compress.search.cells:cell_network",
                 "kwargs": {"genotype": facts["genotype"], "num_classes": 10, "in_channels": 1, **SPACE}}
     recipes = {"searched": searched} | {f"tiny_cnn w{w}": {"callable": "compress.zoo.tiny:tiny_cnn", "kwargs": {
