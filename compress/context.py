@@ -85,17 +85,22 @@ class StageContext:
         return hist
 
     def finetune_step(self, model: "torch.nn.Module", cfg: "TrainConfig | None", teacher: "torch.nn.Module | None",
-                      rec: dict[str, Any], k: int, of: int, summary: str) -> dict[str, Any]:
-        """After step ``k`` (0-based) of ``of`` of an iterative stage: record the accuracy of the edited model,
-        fine-tune it (when ``cfg`` is set), record the accuracy after, log one line; returns ``rec``."""
-        from compress.training import accuracy
+                      rec: dict[str, Any], k: int, of: int, summary: str, bn_batches: int = 0) -> dict[str, Any]:
+        """After step ``k`` (0-based) of ``of`` of an iterative stage: re-estimate BatchNorm statistics on
+        ``bn_batches`` training batches (0: no), record the accuracy of the edited model, fine-tune it (when
+        ``cfg`` is set; then re-estimate again), record the accuracy after, log one line; returns ``rec``."""
+        from compress.training import accuracy, recalibrate_bn
 
+        if bn_batches:  # the edit shifted every later BatchNorm's input: re-estimate their statistics
+            recalibrate_bn(model, self.dataset, batches=bn_batches)
         if self.labelled:
             rec["accuracy_pruned"] = round(accuracy(model, self.dataset), 4)
         if cfg is not None:
             rec["finetune"] = self.finetune(model, cfg, teacher, f"fine-tune after step {k + 1}/{of}", k)
+            if bn_batches:  # running statistics averaged over changing weights lag behind: re-estimate
+                recalibrate_bn(model, self.dataset, batches=bn_batches)
             if self.labelled:
-                rec["accuracy_finetuned"] = rec["finetune"]["accuracy"]
+                rec["accuracy_finetuned"] = round(accuracy(model, self.dataset), 4)
         self.log(f"step {k + 1}/{of}: {summary}"
                  + (f", accuracy {rec['accuracy_pruned']}%" if self.labelled else "")
                  + (f" -> {rec['accuracy_finetuned']}% after fine-tune" if "accuracy_finetuned" in rec else ""))

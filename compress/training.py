@@ -309,12 +309,14 @@ def accuracy(model: "torch.nn.Module", dataset: "Dataset", split: str = "eval", 
 
 def recalibrate_bn(model: "torch.nn.Module", dataset: "Dataset", split: str = "train", batches: int = 20,
                    batch_size: int = 64) -> None:
-    """Re-estimate BatchNorm running statistics on real data (for random-weight models)."""
+    """Re-estimate BatchNorm running statistics on real data (for random-weight models, and after pruning:
+    removing channels shifts every later BatchNorm's input). Each BatchNorm's momentum is left as it was."""
     import torch
 
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
+    momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
@@ -324,6 +326,8 @@ def recalibrate_bn(model: "torch.nn.Module", dataset: "Dataset", split: str = "t
             if i >= batches:
                 break
             model(*(torch.from_numpy(a) for a in _arrays(xb)))
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
     model.eval()
 
 

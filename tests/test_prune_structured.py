@@ -267,3 +267,21 @@ def test_latency_target_stops_on_a_fake_runtime(tiny_yaml, tmp_path, monkeypatch
     assert facts["latency"]["latency_ratio"] == pytest.approx(after / before, rel=1e-3)
     assert facts["latency"]["latency_ratio"] <= 0.5
     assert facts["realised_vs_macs"] > 0
+
+
+def test_bn_recalibration_after_pruning_keeps_momentum_and_changes_statistics(tmp_path):
+    from compress.training import recalibrate_bn
+
+    model = get("resnet20")(num_classes=10, in_channels=1).eval()
+    for bn in model.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.momentum = 0.1
+    make_pruner(model, _cfg(pruning_ratio=0.5), (1, 1, 16, 16), 0.5, 1).step()
+    before = model.layers[1][0].bn1.running_mean.clone()
+    ds = _ctx(tmp_path).dataset
+    import numpy as np
+
+    big = Dataset.from_arrays(np.repeat(np.repeat(ds.x, 2, axis=2), 2, axis=3), ds.y)
+    recalibrate_bn(model, big, batches=2, batch_size=16)
+    assert not torch.equal(model.layers[1][0].bn1.running_mean, before)
+    assert {bn.momentum for bn in model.modules() if isinstance(bn, nn.BatchNorm2d)} == {0.1}

@@ -80,6 +80,10 @@ class PruneStructuredConfig(StageConfig):
                                      "regex (re.search), e.g. {'layers\\\\.3\\\\.': 0.3}; overrides the target "
                                      "ratio for those layers.")
     iterative_steps: int = Field(1, ge=1, description="Prune in this many equal steps, fine-tuning after each.")
+    bn_recalibration: int = Field(10, ge=0, description="Training batches (of 64) that re-estimate BatchNorm "
+                                  "statistics after each step and after each fine-tune (0: off). Pruning shifts "
+                                  "every later BatchNorm's input: without it a 50%-pruned ResNet-18 on digits "
+                                  "scored 10%, with it 85% before any fine-tune.")
     finetune: FinetuneConfig | None = Field(default_factory=FinetuneConfig, description="Fine-tune after each "
                                             "step (KD from the pre-pruning model by default); null: none.")
     search_step: float = Field(0.05, gt=0, lt=1, description="macs/latency targets: channel-ratio increment "
@@ -386,7 +390,8 @@ class PruneStructured(Stage):
         for k in range(cfg.iterative_steps):
             self._step(pruner, model, ctx, teacher, k)
             rec: dict[str, Any] = {"step": k + 1, "macs": self._macs(model)[0]}
-            steps.append(ctx.finetune_step(model, cfg.finetune, teacher, rec, k, cfg.iterative_steps, f"MACs x{rec['macs'] / macs0:.3f}"))
+            steps.append(ctx.finetune_step(model, cfg.finetune, teacher, rec, k, cfg.iterative_steps,
+                                           f"MACs x{rec['macs'] / macs0:.3f}", cfg.bn_recalibration))
         macs1, params1 = self._macs(model)
         facts.update({"steps": steps, "macs_after": macs1, "params_after": params1,
                       "macs_reduction": round(macs0 / macs1, 4), "params_reduction": round(params0 / params1, 4),
