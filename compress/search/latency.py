@@ -138,15 +138,45 @@ def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: 
 
 
 def fit_affine(sums: list[float], measured: list[float]) -> tuple[float, float]:
-    """Least-squares ``measured ~ a * sum + b``; with one network only the offset, with none the identity."""
+    """Least-squares ``measured ~ a * sum + b``; with one network only the offset, with none the identity.
+    A fit that is worse on its own networks than a pure scale (median ratio) is replaced by that scale."""
     import numpy as np
 
-    if not sums:
+    s, m = np.asarray(sums, float), np.asarray(measured, float)
+    if len(s) == 0:
         return 1.0, 0.0
-    if len(sums) == 1 or np.ptp(sums) == 0:
-        return 1.0, float(np.mean(np.asarray(measured) - np.asarray(sums)))
-    a, b = np.polyfit(np.asarray(sums, float), np.asarray(measured, float), 1)
-    return float(a), float(b)
+    scale = float(np.median(m / s))
+    if len(s) == 1 or np.ptp(s) == 0:
+        return scale, 0.0
+    a, b = np.polyfit(s, m, 1)
+
+    def mape(aa, bb):
+        return float(np.mean(np.abs((aa * s + bb - m) / m)))
+
+    return (float(a), float(b)) if a > 0 and mape(a, b) <= mape(scale, 0.0) else (scale, 0.0)
+
+
+def calibration_configs(space: SearchSpace, n: int, seed: int = 0) -> list[Config]:
+    """``n`` subnets spread from the smallest to the largest (a fit needs the whole range, not a cluster of
+    average random subnets): subnet i takes each gene near level i / (n - 1) of its choices, jittered."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out, seen = [], set()
+    for i in range(n):
+        t = i / max(n - 1, 1)
+        for _ in range(20):
+            c = {g: vals[int(np.clip(round(t * (len(vals) - 1) + rng.normal(0, 0.6)), 0, len(vals) - 1))]
+                 for g, vals in space.choices().items()}
+            if i == 0:
+                c = space.smallest()
+            elif i == n - 1:
+                c = space.largest()
+            if space.key(c) not in seen:
+                break
+        seen.add(space.key(c))
+        out.append(space.canonical(c))
+    return out
 
 
 def fit_learned(space: SearchSpace, configs: list[Config], measured: list[float]) -> LatencyModel:

@@ -33,7 +33,7 @@ from compress.runtimes.timing import TimingPolicy
 from compress.search.executor import ExecutorConfig
 from compress.search.supernet import SupernetConfig
 from compress.stages.base import TORCH_FLOAT, Stage, StageConfig
-from compress.training import TrainConfig
+from compress.training import FinetuneConfig, TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from compress.artifact import Artifact
@@ -91,8 +91,8 @@ class SearchNASConfig(StageConfig):
     bn_batches: int = Field(4, ge=1, description="Training batches (of 64) for each candidate's BatchNorm "
                             "recalibration.")
     measure_front: int = Field(12, ge=1, description="Front points extracted and timed end to end.")
-    finetune: TrainConfig | None = Field(None, description="Fine-tune the chosen subnet (labels + KD from the "
-                                         "supernet's largest network when distill is set).")
+    finetune: FinetuneConfig | None = Field(None, description="Fine-tune the chosen subnet (KD from the "
+                                            "supernet's largest network by default; distill: null for labels only).")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
     @model_validator(mode="after")
@@ -112,6 +112,7 @@ class SearchNAS(Stage):
     summary = "Architecture search on the target: supernet + per-block latency table + NSGA-II/evolution."
 
     def run(self, artifact: "Artifact", ctx: "StageContext") -> "Artifact":
+        from compress.cache import cache_key
         from compress.errors import ConfigError, StageError
         from compress.search import latency as lat
         from compress.search.executor import make_executor
@@ -171,7 +172,18 @@ class SearchNAS(Stage):
                                bn_batch_size=64)
         executor = make_executor(cfg.executor)
         try:
-            evaluate = lambda configs: executor.map(candidate_accuracy, payload, configs)  # noqa: E731
+            def evaluate(configs):  # scores are cached per (supernet, scoring data, subnet): re-runs reuse them
+                keys = [cache_key(step="search-score", payload=payload["id"], config=space.key(c)) for c in configs]
+                hits = [ctx.measure.cache.get_json(k) for k in keys]
+                fresh = iter(executor.map(candidate_accuracy, payload, [c for c, h in zip(configs, hits) if h is None]))
+                out = []
+                for k, h in zip(keys, hits):
+                    if h is None:
+                        h = next(fresh)
+                        ctx.measure.cache.put_json(k, h)
+                    out.append(h)
+                return out
+
             opts = dict(budget=cfg.candidates, seed=cfg.seed, batch=cfg.batch, population=cfg.population)
             runs = {name: run_strategy(name, space, evaluate, predict, feasible, **opts)
                     for name in (cfg.strategy, "random")}
@@ -195,13 +207,24 @@ class SearchNAS(Stage):
             recalibrate_bn(sub, ctx.dataset, "train", batches=cfg.bn_batches, batch_size=64)
             arts.append(lat.recipe_artifact(space.recipe(cand.config), artifact.input_shape,
                                             scratch / f"front{i:03d}", model=sub, producer="search:front"))
-        stats = ctx.measure.latency([artifact, *arts], target, cfg.latency.timing,
-                                    label=f"timing {len(arts)} front subnet(s) and the baseline on {target.name}")
-        # the baseline is timed in both sessions: it anchors the table's timings to this session's machine speed
-        drift = stats[0].p50_ms / base_ms
-        now_budget = min([b for b in (cfg.constraints.latency_ms, cfg.constraints.latency_ratio * stats[0].p50_ms
+        # the calibration subnets are timed again beside the front: the affine correction is refitted to
+        # this session's machine state (the blocks give the structure, the session the scale)
+        cal = model.calibration
+        cal_arts = [lat.recipe_artifact(space.recipe(r["config"]), artifact.input_shape, scratch / f"cal{i:03d}",
+                                        seed=i) for i, r in enumerate(cal)]
+        stats = ctx.measure.latency([artifact, *cal_arts, *arts], target, cfg.latency.timing,
+                                    label=f"timing {len(arts)} front subnet(s), {len(cal_arts)} calibration "
+                                    f"subnet(s) and the baseline on {target.name}")
+        base_now, cal_stats, stats = stats[0], stats[1:1 + len(cal_arts)], stats[1 + len(cal_arts):]
+        if cal and model.kind == "table":
+            session = lat.fit_affine([r["sum_ms"] for r in cal], [s.p50_ms for s in cal_stats])
+            predict_now = lambda c: session[0] * model.raw(space, c) + session[1]  # noqa: E731
+        else:
+            session = None
+            predict_now = lambda c: model.predict(space, c) * base_now.p50_ms / base_ms  # noqa: E731
+        now_budget = min([b for b in (cfg.constraints.latency_ms, cfg.constraints.latency_ratio * base_now.p50_ms
                                       if cfg.constraints.latency_ratio else None) if b is not None], default=None)
-        measured = {space.key(c.config): s.p50_ms for c, s in zip(picks, stats[1:])}
+        measured = {space.key(c.config): s.p50_ms for c, s in zip(picks, stats)}
         ok = [c for c in picks if now_budget is None or measured[space.key(c.config)] <= now_budget]
         if not ok:
             raise StageError(f"search.nas: none of the {len(picks)} measured front subnets met the budget "
@@ -211,15 +234,11 @@ class SearchNAS(Stage):
         chosen_art = arts[picks.index(chosen)]
         sub = ctx.load_torch(chosen_art)
         ft_hist = None
-        if cfg.finetune is not None:
-            from compress.training import train
-
-            teacher = None
-            if cfg.finetune.distill is not None:
-                supernet.activate(None)
-                teacher = supernet
-            ft_hist = train(sub, ctx.dataset, cfg.finetune, teacher=teacher)
-        validation = lat.validate([c.latency_ms * drift for c in picks],
+        if cfg.finetune is not None:  # KD from the supernet's largest network unless finetune.distill is null
+            supernet.activate(None)
+            ft_hist = ctx.finetune(sub, cfg.finetune, supernet if cfg.finetune.distill is not None else None,
+                                   "fine-tune the chosen subnet")
+        validation = lat.validate([predict_now(c.config) for c in picks],
                                   [measured[space.key(c.config)] for c in picks])
         ctx.log(f"chosen: accuracy {chosen.accuracy:.2f}% ({cfg.score_split}, inherited weights), predicted "
                 f"{chosen.latency_ms:.3f} ms, measured {measured[space.key(chosen.config)]:.3f} ms"
@@ -234,14 +253,17 @@ class SearchNAS(Stage):
         facts = {"search": {
             "space": {"family": cfg.space.family, "kwargs": kwargs, "genes": len(space.choices())},
             "strategy": cfg.strategy, "candidates": cfg.candidates, "seed": cfg.seed, "score_split": cfg.score_split,
-            "target": target.name, "budget_ms": now_budget, "baseline_ms": round(stats[0].p50_ms, 4),
-            "search_budget_ms": budget, "search_baseline_ms": round(base_ms, 4), "drift": round(drift, 4),
+            "target": target.name, "budget_ms": now_budget, "baseline_ms": round(base_now.p50_ms, 4),
+            "search_budget_ms": budget, "search_baseline_ms": round(base_ms, 4),
+            "baseline_drift": round(base_now.p50_ms / base_ms, 4),
             "front": [point(c, measured.get(space.key(c.config))) for c in front],
             "random_front": [point(c) for c in pareto_front(runs["random"])],
             "hypervolume": hv, "hypervolume_reference": {"latency_ms": ref, "accuracy": 0.0},
             "latency_model": {**lat_facts, "validation_on_front": validation,
-                              "validation_note": "predictions scaled by the baseline's drift between the table's "
-                              "session and the front's session"},
+                              "front_session_affine": {"a": session[0], "b": session[1]} if session else None,
+                              "validation_note": "front subnets timed end to end in a later session with the "
+                              "calibration subnets; the affine correction refitted on those (table: sums of the "
+                              "blocks timed in the first session)"},
             "supernet": sn_hist, "executor": cfg.executor.kind,
             "chosen": {**point(chosen, measured[space.key(chosen.config)]), "finetune": ft_hist},
         }}
@@ -257,8 +279,6 @@ class SearchNAS(Stage):
     # ---------------------------------------------------------------------------------------------
     def _latency_model(self, space, artifact, ctx, target, scratch):
         """(model, baseline p50 ms, facts); the table is cached per target fingerprint."""
-        import numpy as np
-
         from compress.cache import cache_key
         from compress.runtimes.environment import fingerprint
         from compress.search import latency as lat
@@ -271,10 +291,8 @@ class SearchNAS(Stage):
         kind = cfg.predictor
         if kind == "auto":
             kind = "table" if space.blocks(space.largest()) else "learned"
-        rng = np.random.default_rng(self.config.seed)
-        n_nets = cfg.calibration_networks if kind == "table" else cfg.learned_networks
-        nets = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(max(n_nets - 2, 0))]
-        nets = nets[:n_nets]
+        # the same calibration subnets whatever the search seed (one table), spread over the latency range
+        nets = lat.calibration_configs(space, cfg.calibration_networks if kind == "table" else cfg.learned_networks)
         key = cache_key(step="search-latency-model", kind=kind, space=space.origin, nets=[space.key(c) for c in nets],
                         timing=(cfg.timing or target.timing).model_dump(mode="json"), fp=target_fp,
                         baseline=artifact.hash)
