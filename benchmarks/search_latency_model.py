@@ -59,33 +59,39 @@ def service(cache_dir: Path, res: int, timing: dict):
 
 
 def int8(measure, art, folder: Path):
-    """ORT static QDQ INT8 (U8S8, per-channel) of ``art``'s ONNX export, calibrated on 8 random inputs."""
+    """ORT static QDQ INT8 (U8S8, per-channel) of ``art``'s ONNX export, calibrated on 8 random inputs
+    (cached by the export's hash)."""
     import numpy as np
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from compress.artifact import ONNX, save_onnx
+    from compress.cache import cache_key
     from compress.runtimes.environment import int8_reduce_range
 
     dep = measure.deployable(art)
-    folder.mkdir(parents=True, exist_ok=True)
-    pre = folder / "pre.onnx"
-    quant_pre_process(str(dep.path("onnx")), str(pre), skip_symbolic_shape=True)
-    rng = np.random.default_rng(0)
-    data = [{"input": rng.standard_normal((1, *art.input_shape[1:])).astype(np.float32)} for _ in range(8)]
+    reduce = int8_reduce_range("auto")[0]
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(data)
+    def build(wd: Path):
+        pre = wd / "pre.onnx"
+        quant_pre_process(str(dep.path("onnx")), str(pre), skip_symbolic_shape=True)
+        rng = np.random.default_rng(0)
+        data = [{"input": rng.standard_normal((1, *art.input_shape[1:])).astype(np.float32)} for _ in range(8)]
 
-        def get_next(self):
-            return next(self.it, None)
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = iter(data)
 
-    quantize_static(str(pre), str(folder / ONNX), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    reduce_range=int8_reduce_range("auto")[0])
-    pre.unlink()
-    return save_onnx(folder / ONNX, folder, like=dep, producer="bench:int8", precision="int8")
+            def get_next(self):
+                return next(self.it, None)
+
+        quantize_static(str(pre), str(wd / ONNX), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce)
+        pre.unlink()
+        return save_onnx(wd / ONNX, wd, like=dep, producer="bench:int8", precision="int8")
+
+    key = cache_key(step="bench-int8", onnx=dep.hash, reduce_range=reduce)
+    return measure.cache.get_artifact(key) or measure.cache.build_artifact(key, build)
 
 
 def pruned(art, folder: Path, ratio: float):
@@ -169,12 +175,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--res", type=int, nargs="+", default=[224, 32])
     ap.add_argument("--prec", nargs="+", default=["fp32", "int8"])
     ap.add_argument("--prune", action="store_true")
+    ap.add_argument("--clock", choices=["wall", "thread_cpu"], default="thread_cpu",
+                    help="thread_cpu (default): CPU time of the timing thread (ORT at 1 intra-op thread computes in "
+                    "it), immune to preemption on a shared, oversubscribed machine; wall: perf_counter")
     ap.add_argument("--prune-nets", type=int, default=20)
     ap.add_argument("--cache", default=str(ROOT / ".compress-cache-bench"))
     ap.add_argument("--out", default=str(ROOT / "reports" / "search_latency_model"))
     args = ap.parse_args(argv)
     timing = {"warmup_runs": 3, "warmup_seconds": 0.02, "min_runs": 15, "max_runs": 200, "min_seconds": 0.1,
-              "max_seconds": 5.0, "block": 3}
+              "max_seconds": 5.0, "block": 3, "clock": args.clock}
     work = Path(tempfile.mkdtemp(prefix="search-latency-"))
     env = fingerprint()
     results, fp32_models = [], {}
@@ -205,7 +214,7 @@ def main(argv: list[str]) -> int:
     lines = ["# Latency model of the search (inverted-residual family, ONNX Runtime CPU, 1 thread, batch 1)", "",
              f"`{report['command']}` — CPU {report['cpu']['cpu_model']} ({', '.join(report['cpu']['cpu_flags'] or [])}), "
              f"{report['cpu']['physical_cores']} cores, 1-min load {report['cpu']['load_avg_1m']} at the start "
-             "(a shared, busy machine).", "",
+             f"(a shared, busy machine). Clock: {report['timing']['clock']}.", "",
              "Held-out subnets timed in the same interleaved session as the blocks and the 10 calibration subnets.",
              "", "| res | precision | blocks | held-out | median ms | plain-sum MAPE | bias | affine MAPE | Kendall tau "
              "| within ±10% | close pairs ordered |", "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -255,3 +255,16 @@ def test_ray_executor_gives_the_in_process_front():
         fronts.append([(space.key(c.config), c.accuracy, c.latency_ms) for c in pareto_front(hist)])
         assert len({c.accuracy for c in hist}) > 1  # accuracies really come from the subnets
     assert fronts[0] == fronts[1]
+
+
+def test_calibration_subnets_span_the_space_and_the_fit_is_guarded():
+    space = load_space("inverted_residual", TINY_MB)
+    nets = lat.calibration_configs(space, 8)
+    assert nets[0] == space.smallest() and nets[-1] == space.largest()
+    assert len({space.key(c) for c in nets}) == 8
+    params = [sum(p.numel() for p in space.extract(space.supernet(), c).parameters()) for c in nets]
+    assert params[0] == min(params) and params[-1] == max(params)
+    # an exact affine relation is recovered; a wild one (an outlier) falls back to a pure scale
+    assert lat.fit_affine([1.0, 2.0, 4.0], [0.7, 1.2, 2.2]) == pytest.approx((0.5, 0.2))
+    a, b = lat.fit_affine([1.0, 1.01, 1.02, 3.0], [1.0, 1.0, 1.0, 0.2])
+    assert b == 0.0 and a == pytest.approx(float(np.median([1.0, 1 / 1.01, 1 / 1.02, 0.2 / 3.0])))
