@@ -199,11 +199,11 @@ class SearchNAS(Stage):
         # 4. measure the front end to end, choose
         front = pareto_front(runs[cfg.strategy])
         picks = _spread(front, cfg.measure_front)
+        from compress.training import recalibrate_bn
+
         arts = []
         for i, cand in enumerate(picks):
             sub = space.extract(supernet, cand.config)
-            from compress.training import recalibrate_bn
-
             recalibrate_bn(sub, ctx.dataset, "train", batches=cfg.bn_batches, batch_size=64)
             arts.append(lat.recipe_artifact(space.recipe(cand.config), artifact.input_shape,
                                             scratch / f"front{i:03d}", model=sub, producer="search:front"))
@@ -234,10 +234,12 @@ class SearchNAS(Stage):
         chosen_art = arts[picks.index(chosen)]
         sub = ctx.load_torch(chosen_art)
         ft_hist = None
-        if cfg.finetune is not None:  # KD from the supernet's largest network unless finetune.distill is null
-            supernet.activate(None)
-            ft_hist = ctx.finetune(sub, cfg.finetune, supernet if cfg.finetune.distill is not None else None,
-                                   "fine-tune the chosen subnet")
+        if cfg.finetune is not None:  # KD from the largest subnet unless finetune.distill is null
+            teacher = None
+            if cfg.finetune.distill is not None:  # its own BatchNorm statistics: the shared ones mix all subnets
+                teacher = space.extract(supernet, space.largest())
+                recalibrate_bn(teacher, ctx.dataset, "train", batches=cfg.bn_batches, batch_size=64)
+            ft_hist = ctx.finetune(sub, cfg.finetune, teacher, "fine-tune the chosen subnet")
         validation = lat.validate([predict_now(c.config) for c in picks],
                                   [measured[space.key(c.config)] for c in picks])
         ctx.log(f"chosen: accuracy {chosen.accuracy:.2f}% ({cfg.score_split}, inherited weights), predicted "
