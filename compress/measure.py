@@ -306,7 +306,7 @@ class Measure:
             return out
         key = cache_key(step="latency", models=[models[i].hash for i in timed],
                         target=target.model_dump(mode="json", exclude={"timing"}),
-                        timing=policy.model_dump(mode="json"))
+                        timing=policy.model_dump(mode="json"), machine=_machine())
         cached = None if self.remeasure else self.cache.get_json(key)
         if cached is not None and len(cached) == len(timed):
             stats = [LatencyStats.model_validate(s) for s in cached]
@@ -386,3 +386,10 @@ def _inputs(x, art: Artifact):
     if isinstance(x, dict) or tuple(x.shape[1:]) == shape or len(art.input_shape) < 2:
         return x
     return np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+
+
+def _machine() -> dict:
+    """Part of every latency cache key, so a cache copied to another machine is re-timed, never reused."""
+    from compress.runtimes.environment import machine_key
+
+    return machine_key()

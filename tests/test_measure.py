@@ -79,3 +79,19 @@ def test_unknown_target_name_is_one_clear_error(tiny_yaml):
     runner.run()
     with pytest.raises(CompressError, match="unknown target 'nope'"):
         runner.measure.target("nope")
+
+
+def test_timings_are_never_reused_on_another_machine(tiny_yaml, monkeypatch):
+    """The latency cache key holds the CPU: a cache copied to a machine with another ISA is re-timed."""
+    from compress import measure
+
+    runner = Runner(load_pipeline(tiny_yaml()))
+    runner.run()
+    arts = [runner._artifacts["baseline"], runner._artifacts["export"]]
+    runner.measure.latency(arts, "ort")
+    runner.measure.latency(arts, "ort")
+    assert runner.measure.last_latency_cached  # same machine: the second ask is a cache hit
+    other = {**measure._machine(), "cpu_flags": ["avx2", "fma", "avx512f", "avx512_vnni"], "vnni": True}
+    monkeypatch.setattr(measure, "_machine", lambda: other)
+    runner.measure.latency(arts, "ort")
+    assert not runner.measure.last_latency_cached

@@ -98,6 +98,11 @@ def _cpu() -> dict[str, Any]:
     }
 
 
+def machine_key() -> dict[str, Any]:
+    """What a timing depends on besides the model and the target: the CPU (model, ISA flags, cores)."""
+    return {**_cpu(), "usable_cores": _usable_cores()}
+
+
 def int8_reduce_range(setting: bool | str = "auto") -> tuple[bool, str]:
     """Whether INT8 weights should use the reduced (7-bit) range on this CPU, and why.
 
