@@ -23,19 +23,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ISA = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8")
-
-
 def cpu() -> dict:
-    model, flags = "?", set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name") and model == "?":
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    return {"model": model, "cores": os.cpu_count(), "isa": [f for f in ISA if f in flags]}
+    """CPU model, usable cores and ISA flags, from the same reader the reports use."""
+    sys.path.insert(0, str(ROOT))
+    from compress.runtimes.environment import machine_key
+
+    m = machine_key()
+    return {"model": m["cpu_model"], "cores": m["usable_cores"] or os.cpu_count(), "isa": m["cpu_flags"]}
 
 
 def one_run(i: int, work: Path) -> dict:
