@@ -107,7 +107,8 @@ def pruned(art, folder: Path, ratio: float):
     return save_torch(model, folder, like=art, producer="bench:prune", edits=art.edits + (edit,))
 
 
-def run_one(res: int, prec: str, n_holdout: int, work: Path, cache_dir: Path, timing: dict, log) -> dict:
+def run_one(res: int, prec: str, n_holdout: int, work: Path, cache_dir: Path, timing: dict, log,
+            repeats: int = 2) -> dict:
     import numpy as np
 
     from compress.search import latency as lat
@@ -132,36 +133,120 @@ def run_one(res: int, prec: str, n_holdout: int, work: Path, cache_dir: Path, ti
     t0 = time.time()
     model, rows = lat.build(space, lambda arts: m.latency(arts, label=f"{res}px {prec}: {len(arts)} artifacts"),
                             work / "arts", input_shape=(1, 3, res, res), calibration=calibration, holdout=holdout,
-                            prepare=prepare, log=log)
+                            prepare=prepare, repeats=repeats, log=log)
     meas = [r["measured_ms"] for r in rows]
-    out = {"resolution": res, "precision": prec, "blocks": len(model.table), "calibration_networks": len(calibration),
-           "affine": {"a": model.a, "b": model.b}, "seconds": round(time.time() - t0, 1),
+    cal = model.calibration
+    old = lat.fit_affine([r["sum_ms"] for r in cal], [r["measured_ms"] for r in cal])  # last session's model
+    aff = lat.fit_affine([r["base_ms"] for r in cal], [r["measured_ms"] for r in cal])
+    out = {"resolution": res, "precision": prec, "blocks": len(model.table), "seams": model.seams,
+           "calibration_networks": len(cal), "correction": {"kind": model.correction, "a": model.a, "b": model.b},
+           "seconds": round(time.time() - t0, 1), "cached": m.last_latency_cached,
+           # the model (seams + scale) first, then the ablations; every fit uses the calibration nets only
+           "model": lat.validate([r["predicted_ms"] for r in rows], meas),
            "plain_sum": lat.validate([r["sum_ms"] for r in rows], meas),
-           "affine_sum": lat.validate([r["predicted_ms"] for r in rows], meas),
+           "plain_sum_affine": lat.validate([old[0] * r["sum_ms"] + old[1] for r in rows], meas),
+           "seamed_sum": lat.validate([r["base_ms"] for r in rows], meas),
+           "seamed_sum_affine": lat.validate([aff[0] * r["base_ms"] + aff[1] for r in rows], meas),
            "measured_ms": {"min": min(meas), "median": float(np.median(meas)), "max": max(meas)},
+           "repeatability": repeatability(rows),
            "rows": rows}
     return out, model, space, holdout
 
 
-def prune_chain(fp32: tuple, n: int, work: Path, cache_dir: Path, timing: dict) -> dict:
+def repeatability(rows: list[dict]) -> dict | None:
+    """The measurement's own ceiling: session 1 of each held-out net as a 'prediction' of session 2."""
+    from compress.search import latency as lat
+
+    if len(rows[0]["measured_reps"]) < 2:
+        return None
+    return lat.validate([r["measured_reps"][0] for r in rows], [r["measured_reps"][1] for r in rows])
+
+
+def prune_chain(models: dict, res: int, n: int, work: Path, cache_dir: Path, timing: dict) -> dict:
+    """``n`` held-out subnets spread over the latency range (``latency.spread_configs``, seed 1, none a
+    calibration subnet) -> prune.structured adapter -> INT8, each timed in two sessions; Kendall tau between
+    each table's prediction for the unpruned subnet and the mean measured latency after prune + INT8."""
     from scipy.stats import kendalltau
 
     from compress.search import latency as lat
 
-    model, space, holdout, res = fp32
+    space = next(iter(models.values()))[1]
     m = service(cache_dir, res, timing)
-    nets = holdout[:n]
+    nets = lat.spread_configs(space, n, seed=1, exclude=lat.calibration_configs(space, 10))
     arts = []
     for i, c in enumerate(nets):
         a = lat.recipe_artifact(space.recipe(c), (1, 3, res, res), work / f"p{i:03d}" / "fp32", seed=i)
         p = pruned(a, work / f"p{i:03d}" / "pruned", 0.25)
         arts.append(int8(m, p, work / f"p{i:03d}" / "int8"))
-    stats = m.latency(arts, label=f"{len(arts)} pruned INT8 subnets")
-    pred = [model.predict(space, c) for c in nets]
-    meas = [s.p50_ms for s in stats]
-    return {"resolution": res, "networks": len(nets), "prune": "prune.structured adapter, 25% channels, l2, round_to 8",
-            "kendall_tau": round(float(kendalltau(pred, meas).statistic), 4),
-            "predicted_fp32_ms": pred, "measured_pruned_int8_ms": meas}
+    stats = m.latency(arts + arts, label=f"{len(arts)} pruned INT8 subnets x2")
+    reps = [[s.p50_ms for s in stats[:n]], [s.p50_ms for s in stats[n:]]]
+    meas = [(x + y) / 2 for x, y in zip(*reps)]
+    out = {"cached": m.last_latency_cached, "resolution": res, "networks": len(nets), "held_out": "latency.spread_configs(seed=1), no calibration net",
+           "prune": "prune.structured adapter, 25% channels, l2, round_to 8", "measured_ms": meas,
+           "repeat_tau": round(float(kendalltau(*reps).statistic), 4),
+           "repeat_close_pairs": lat.validate(*reps)}
+    for prec, (model, _, _, _) in models.items():
+        pred = [model.predict(space, c) for c in nets]
+        out[f"kendall_tau_{prec}_table"] = round(float(kendalltau(pred, meas).statistic), 4)
+        out[f"predicted_{prec}_ms"] = pred
+        out[f"close_pairs_{prec}_table"] = lat.validate(pred, meas)
+    return out
+
+
+def fmt(v: dict) -> str:
+    """MAPE / tau / close pairs / within +-10% of one validate() dict."""
+    cp = "n/a" if v["close_pairs_ordered"] is None else f"{v['close_pairs_ordered']:.0%} of {v['close_pairs']}"
+    return f"{v['mape_pct']:.2f}% | {v['bias_pct']:+.2f}% | {v['kendall_tau']:.3f} | {cp} | {v['within_10pct']:.0%}"
+
+
+def render(report: dict) -> list[str]:
+    cpu = report["cpu"]
+    lines = ["# Latency model of the search (inverted-residual family, ONNX Runtime CPU, 1 thread, batch 1)", "",
+             f"`{report['command']}` — CPU {cpu['cpu_model']} ({', '.join(cpu['cpu_flags'] or [])}), "
+             f"{cpu['physical_cores']} cores. Clock: {report['timing']['clock']}; every measurement ran under the "
+             "shared CPU lock (`flock /work/cpu.lock`); its 1-min load average before/after is in each row.", "",
+             "Per resolution and precision, ONE interleaved session times every block, one pair of adjacent blocks per "
+             "seam, the 10 calibration subnets (smallest to largest, `latency.calibration_configs`: the only nets any "
+             "correction is fitted on) and 50 held-out random subnets, each in two independent sessions (truth = their "
+             "mean). Model = (sum of blocks - seams) x scale (median measured/predicted on the calibration nets). "
+             "'Repeat' = session 1 of each held-out net as a prediction of session 2: the measurement's own ceiling.", "",
+             "| res | prec | predictor | MAPE | bias | Kendall tau | close pairs ordered | within ±10% |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        at = r.get("measured_at", {})
+        for k, name in (("model", "**model: seams + scale**"), ("plain_sum", "plain sum"),
+                        ("plain_sum_affine", "plain sum + affine (last session)"), ("seamed_sum", "seams, no fit"),
+                        ("seamed_sum_affine", "seams + affine"), ("repeatability", "repeat (ceiling)")):
+            if r.get(k):
+                lines.append(f"| {r['resolution']} | {r['precision']} | {name} | {fmt(r[k])} |")
+        lines.append(f"| | | median {r['measured_ms']['median']:.3f} ms [{r['measured_ms']['min']:.3f}-"
+                     f"{r['measured_ms']['max']:.3f}], {r['blocks']} blocks, {len(r['seams'])} seams, scale "
+                     f"{r['correction']['a']:.4f}; load {at.get('load_before')} -> {at.get('load_after')} "
+                     f"({at.get('utc', '')[:16]}) | | | | | |")
+    chain = report.get("prune_chain")
+    if chain:
+        at = chain.get("measured_at", {})
+        taus = ", ".join(f"{k.split('_')[2].upper()} table **{v}**" for k, v in chain.items()
+                         if k.startswith("kendall_tau_"))
+        lines += ["", f"Chain: {chain['networks']} held-out subnets at {chain['resolution']}x{chain['resolution']} "
+                  f"spread over the latency range ({chain['held_out']}; {min(chain['measured_ms']):.3f}-"
+                  f"{max(chain['measured_ms']):.3f} ms after the chain), {chain['prune']}, then INT8, each timed in two "
+                  f"sessions. Kendall tau between the table's prediction for the unpruned subnet and the measured "
+                  f"latency after prune + INT8: {taus}; two sessions of the same pruned INT8 nets agree at tau "
+                  f"{chain['repeat_tau']} (ceiling). Load {at.get('load_before')} -> {at.get('load_after')}."]
+    return lines
+
+
+def measured_at(t0_load: float, cached: bool, previous: dict | None) -> dict:
+    """When and at what load a result was timed; a result served from the latency cache keeps the entry of
+    the run that timed it."""
+    import datetime
+    import os
+
+    if cached and previous and not previous.get("cached"):
+        return previous
+    return {"utc": datetime.datetime.now(datetime.timezone.utc).isoformat(), "load_before": round(t0_load, 2),
+            "load_after": round(os.getloadavg()[0], 2), "cached": cached}
 
 
 def main(argv: list[str]) -> int:
@@ -178,55 +263,49 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--clock", choices=["wall", "thread_cpu"], default="thread_cpu",
                     help="thread_cpu (default): CPU time of the timing thread (ORT at 1 intra-op thread computes in "
                     "it), immune to preemption on a shared, oversubscribed machine; wall: perf_counter")
-    ap.add_argument("--prune-nets", type=int, default=20)
+    ap.add_argument("--prune-nets", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=2, help="independent sessions per held-out net (truth = mean)")
     ap.add_argument("--cache", default=str(ROOT / ".compress-cache-bench"))
     ap.add_argument("--out", default=str(ROOT / "reports" / "search_latency_model"))
     args = ap.parse_args(argv)
-    timing = {"warmup_runs": 3, "warmup_seconds": 0.02, "min_runs": 15, "max_runs": 200, "min_seconds": 0.1,
+    timing = {"warmup_runs": 5, "warmup_seconds": 0.05, "min_runs": 30, "max_runs": 1000, "min_seconds": 0.3,
               "max_seconds": 5.0, "block": 3, "clock": args.clock}
     work = Path(tempfile.mkdtemp(prefix="search-latency-"))
     env = fingerprint()
-    results, fp32_models = [], {}
+    import os
+
+    results, models = [], {}
+    out = Path(args.out)
+    prev = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
+    prev_at = {(r["resolution"], r["precision"]): r.get("measured_at") for r in prev.get("results", [])}
     try:
         for res in args.res:
             for prec in args.prec:
                 print(f"== {res}x{res} {prec}", flush=True)
+                load0 = os.getloadavg()[0]
                 r, model, space, holdout = run_one(res, prec, args.holdout, work / f"{res}-{prec}", Path(args.cache),
-                                                   timing, lambda s: print("  " + s, flush=True))
-                if prec == "fp32":
-                    fp32_models[res] = (model, space, holdout, res)
+                                                   timing, lambda s: print("  " + s, flush=True),
+                                                   args.repeats)
+                models.setdefault(res, {})[prec] = (model, space, holdout, res)
+                r["measured_at"] = measured_at(load0, r.pop("cached"), prev_at.get((res, prec)))
                 results.append(r)
-                print(f"  plain sum: {json.dumps(r['plain_sum'])}\n  affine:    {json.dumps(r['affine_sum'])}",
-                      flush=True)
+                for k in ("model", "plain_sum", "plain_sum_affine", "seamed_sum", "seamed_sum_affine", "repeatability"):
+                    print(f"  {k:18s} {json.dumps(r[k])}", flush=True)
         chain = None
-        if args.prune and fp32_models:
-            res = 32 if 32 in fp32_models else next(iter(fp32_models))
-            chain = prune_chain(fp32_models[res], args.prune_nets, work / "prune", Path(args.cache), timing)
-            print(f"== prune + INT8 at {res}: Kendall tau {chain['kendall_tau']}", flush=True)
+        if args.prune and models:
+            res = 32 if 32 in models else next(iter(models))
+            load0 = os.getloadavg()[0]
+            chain = prune_chain(models[res], res, args.prune_nets, work / "prune", Path(args.cache), timing)
+            chain["measured_at"] = measured_at(load0, chain.pop("cached"), (prev.get("prune_chain") or {}).get("measured_at"))
+            print(f"== prune + INT8 at {res}: {json.dumps({k: v for k, v in chain.items() if 'tau' in k})}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = {"command": "python benchmarks/search_latency_model.py " + " ".join(argv),
               "cpu": {k: env.get(k) for k in ("cpu_model", "cpu_flags", "physical_cores", "load_avg_1m")},
               "packages": env.get("packages"), "timing": timing, "results": results, "prune_chain": chain}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    lines = ["# Latency model of the search (inverted-residual family, ONNX Runtime CPU, 1 thread, batch 1)", "",
-             f"`{report['command']}` — CPU {report['cpu']['cpu_model']} ({', '.join(report['cpu']['cpu_flags'] or [])}), "
-             f"{report['cpu']['physical_cores']} cores, 1-min load {report['cpu']['load_avg_1m']} at the start "
-             f"(a shared, busy machine). Clock: {report['timing']['clock']}.", "",
-             "Held-out subnets timed in the same interleaved session as the blocks and the 10 calibration subnets.",
-             "", "| res | precision | blocks | held-out | median ms | plain-sum MAPE | bias | affine MAPE | Kendall tau "
-             "| within ±10% | close pairs ordered |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        a, p = r["affine_sum"], r["plain_sum"]
-        lines.append(f"| {r['resolution']} | {r['precision']} | {r['blocks']} | {a['n']} | {r['measured_ms']['median']:.3f} "
-                     f"| {p['mape_pct']}% | {p['bias_pct']}% | {a['mape_pct']}% | {a['kendall_tau']} | "
-                     f"{a['within_10pct']:.0%} | {a['close_pairs_ordered']} of {a['close_pairs']} |")
-    if chain:
-        lines += ["", f"Chain: {chain['networks']} held-out subnets at {chain['resolution']}x{chain['resolution']}, "
-                  f"{chain['prune']}, then INT8: Kendall tau between the FP32 table's prediction and the measured "
-                  f"latency after prune + INT8 = **{chain['kendall_tau']}**."]
+    lines = render(report)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

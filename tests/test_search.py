@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from compress.search import latency as lat
+from compress.search import seams
 from compress.search.space import load_space
 from compress.search.strategy import Candidate, hypervolume, pareto_front, run_strategy
 
@@ -64,12 +65,33 @@ def test_space_operators_and_blocks_cover_every_config():
     space = load_space("inverted_residual", TINY_MB)
     rng = np.random.default_rng(1)
     table = {b.key for b in lat.all_blocks(space)}
+    pairs = seams.representative_pairs(space, lat.covering(space))
     for _ in range(50):
         c = space.sample(rng)
         assert space.canonical(c) == c
         m = space.mutate(c, rng, 0.0)
         assert space.key(m) != space.key(c)  # mutation always changes the network
         assert all(b.key in table for b in space.blocks(c))  # the table has every block a subnet runs
+        assert set(seams.seams(space, c)) <= set(pairs)  # ... and a measured pair for every seam it has
+
+
+def test_a_seam_pair_is_the_two_blocks_in_sequence():
+    from compress.artifact import import_callable
+
+    space = load_space("inverted_residual", TINY_MB)
+    c = space.largest()
+    blocks = space.blocks(c)
+    pair = seams.pair_block(blocks[1], blocks[2])
+    assert pair.input_shape == blocks[1].input_shape
+    torch.manual_seed(0)
+    model = import_callable(pair.recipe["callable"])(**pair.recipe["kwargs"]).eval()
+    first, second = model
+    x = torch.randn(blocks[1].input_shape)
+    with torch.no_grad():
+        mid = first(x)
+        assert tuple(mid.shape) == blocks[2].input_shape  # the tensor crossing the seam has the keyed shape
+        assert torch.equal(model(x), second(mid))
+    assert len(seams.seams(space, c)) == len(blocks) - 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,11 +179,15 @@ def test_latency_sum_rule_on_a_synthetic_runtime(tmp_path, synthetic_runtime):
     assert model.kind == "table" and len(model.table) == len(lat.all_blocks(space))
     # each block's entry is its own cost: a network's true cost is the sum of its blocks' node costs
     plain = lat.validate([r["sum_ms"] for r in rows], [r["measured_ms"] for r in rows])
+    seamed = lat.validate([r["base_ms"] for r in rows], [r["measured_ms"] for r in rows])
     fitted = lat.validate([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])
-    assert plain["bias_pct"] > 0  # each isolated block pays the per-call overhead again: the plain sum is high
+    assert plain["bias_pct"] > 2  # each isolated block pays the per-call overhead again: the plain sum is high
+    # the measured seams remove that overcount without any fit (within a node's cost of the head/stem export)
+    assert abs(seamed["bias_pct"]) < plain["bias_pct"] / 5
+    assert set(model.seams) and all(v == pytest.approx(CALL_OVERHEAD_S * 1e3, abs=1e-3) for v in model.seams.values())
     assert fitted["mape_pct"] < 1.0 and fitted["mape_pct"] < plain["mape_pct"]
     assert fitted["kendall_tau"] > 0.9
-    assert 0 < model.a <= 1.0 + 1e-6
+    assert model.correction == "scale" and model.b == 0 and model.a == pytest.approx(1.0, abs=0.02)
     # MACs/params are sums over blocks and match the extracted model's parameter count
     c = holdout[0]
     params = sum(p.numel() for p in space.extract(space.supernet(), c).parameters())
@@ -268,3 +294,10 @@ def test_calibration_subnets_span_the_space_and_the_fit_is_guarded():
     assert lat.fit_affine([1.0, 2.0, 4.0], [0.7, 1.2, 2.2]) == pytest.approx((0.5, 0.2))
     a, b = lat.fit_affine([1.0, 1.01, 1.02, 3.0], [1.0, 1.0, 1.0, 0.2])
     assert b == 0.0 and a == pytest.approx(float(np.median([1.0, 1 / 1.01, 1 / 1.02, 0.2 / 3.0])))
+    # the default correction is one scale: one wild network does not move it
+    assert lat.fit_correction([1.0, 2.0, 3.0, 4.0, 5.0], [1.1, 2.2, 3.3, 4.4, 50.0]) == pytest.approx((1.1, 0.0))
+    # a held-out set spread like the calibration nets, disjoint from them
+    held = lat.spread_configs(space, 12, seed=1, exclude=nets)
+    assert len({space.key(c) for c in held}) == 12 and not {space.key(c) for c in held} & {space.key(c) for c in nets}
+    sizes = [sum(p.numel() for p in space.extract(space.supernet(), c).parameters()) for c in held]
+    assert np.mean(sizes[:4]) < np.mean(sizes[-4:])

@@ -1,8 +1,11 @@
 """The latency model, built on the target: every block choice of a space is exported and timed on its own
-at the input shape it sees in the network, *in the same interleaved session* as up to 10 whole networks
-(and any held-out networks); a network's latency is the sum of its blocks corrected by an affine fit
-``a * sum + b`` on those whole networks (it absorbs per-call overhead and the fusion/layout effects at
-block boundaries). The table is cached per target fingerprint.
+at the input shape it sees in the network, *in the same interleaved session* as one adjacent pair of
+blocks per kind of boundary (its *seam*, :mod:`compress.search.seams`), up to 10 whole networks and any
+held-out networks. A network's latency is the sum of its blocks minus the seams between them (a block
+timed alone pays the call, its edge copies/layout reorders and, in INT8, its own Quantize/Dequantize
+again; the seam is that overcount, measured), times one scale fitted on the whole networks (median of
+measured / predicted: one parameter, robust to one noisy network; ``correction="affine"`` fits ``a * x + b``
+instead). The table is cached per target fingerprint.
 
 When a space has no blocks (a user space without ``blocks()``) or the table misses on held-out
 networks, a small learned predictor (ridge regression on the config encoding, scikit-learn) fitted on
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from compress.search import seams as seam_rule
 from compress.search.space import Block, Config, SearchSpace
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,8 +30,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class LatencyModel:
-    kind: str  # "table" (sum of blocks + affine) | "learned" (ridge on the encoding)
+    kind: str  # "table" (sum of blocks - seams, corrected) | "learned" (ridge on the encoding)
     table: dict[str, dict[str, float]] = field(default_factory=dict)  # block key -> {ms, params, macs}
+    seams: dict[str, float] = field(default_factory=dict)  # seam key -> ms a block boundary overcounts
+    correction: str = "affine"  # "scale" (b = 0) | "affine": how a, b were fitted
     a: float = 1.0
     b: float = 0.0
     ridge: dict[str, Any] | None = None  # {"coef": [...], "intercept": x}
@@ -37,11 +43,18 @@ class LatencyModel:
         """Plain sum of the config's block timings (ms); raises KeyError on a block not in the table."""
         return sum(self.table[b.key]["ms"] for b in space.blocks(config))
 
+    def base(self, space: SearchSpace, config: Config) -> float:
+        """Sum of blocks minus the seams between them (ms), before the fitted correction; without seams
+        (a table built without them) the plain sum."""
+        if not self.seams:
+            return self.raw(space, config)
+        return self.raw(space, config) - sum(self.seams[k] for k in seam_rule.seams(space, config))
+
     def predict(self, space: SearchSpace, config: Config) -> float:
         if self.kind == "learned":
             enc = space.encode(config)
             return float(sum(c * e for c, e in zip(self.ridge["coef"], enc)) + self.ridge["intercept"])
-        return self.a * self.raw(space, config) + self.b
+        return self.a * self.base(space, config) + self.b
 
     def counts(self, space: SearchSpace, config: Config) -> dict[str, int] | None:
         """Params and MACs as sums over blocks (exact: every layer sits in one block); None without a table."""
@@ -51,8 +64,8 @@ class LatencyModel:
         return {k: int(sum(self.table[b.key][k] for b in blocks)) for k in ("params", "macs")}
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "table": self.table, "a": self.a, "b": self.b, "ridge": self.ridge,
-                "calibration": self.calibration}
+        return {"kind": self.kind, "table": self.table, "seams": self.seams, "correction": self.correction,
+                "a": self.a, "b": self.b, "ridge": self.ridge, "calibration": self.calibration}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "LatencyModel":
@@ -62,18 +75,21 @@ class LatencyModel:
 def all_blocks(space: SearchSpace) -> list[Block]:
     """Every distinct block of the space: the blocks of ``space.covering_configs()`` when it has one, else of
     the largest, the smallest and 500 seeded random configs (a block missed here makes the table miss)."""
-    import numpy as np
-
-    if hasattr(space, "covering_configs"):
-        configs = space.covering_configs()
-    else:
-        rng = np.random.default_rng(0)
-        configs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(500)]
     seen: dict[str, Block] = {}
-    for c in configs:
+    for c in covering(space):
         for b in space.blocks(c) or []:
             seen.setdefault(b.key, b)
     return list(seen.values())
+
+
+def covering(space: SearchSpace) -> list[Config]:
+    """``space.covering_configs()`` when it has one, else the largest, the smallest and 500 seeded random configs."""
+    import numpy as np
+
+    if hasattr(space, "covering_configs"):
+        return space.covering_configs()
+    rng = np.random.default_rng(0)
+    return [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(500)]
 
 
 def block_artifact(block: Block, folder: Path, *, seed: int = 0) -> "Artifact":
@@ -109,32 +125,58 @@ Measure = Callable[[list["Artifact"]], list[Any]]  # artifacts -> LatencyStats (
 
 def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: tuple[int, ...],
           calibration: list[Config], holdout: list[Config] = (), prepare: Callable[["Artifact"], "Artifact"] | None = None,
+          repeats: int = 1, seams: bool = True, correction: str = "scale",
           log: Callable[[str], None] = lambda m: None) -> tuple[LatencyModel, list[dict[str, Any]]]:
-    """Time every block, the ``calibration`` networks (<= 10, for the affine fit) and the ``holdout``
-    networks in ONE interleaved measurement; return the model and the held-out rows
-    ``[{config, predicted_ms, measured_ms}]``. ``prepare`` turns each torch artifact into what is timed
-    (e.g. an INT8 ONNX); default: the artifact itself (the measurement service exports it)."""
+    """Time every block, one pair of blocks per seam (``seams``), the ``calibration`` networks (<= 10, for
+    the correction) and the ``holdout`` networks in ONE interleaved measurement; return the model and the
+    held-out rows ``[{config, predicted_ms, sum_ms, base_ms, measured_ms, measured_reps}]``. ``prepare``
+    turns each torch artifact into what is timed (e.g. an INT8 ONNX); default: the artifact itself (the
+    measurement service exports it). ``repeats`` > 1 times every held-out network in that many independent
+    sessions of the same measurement: ``measured_ms`` is their mean (a lower-noise truth), ``measured_reps``
+    each one (their disagreement is the measurement's own repeatability)."""
     if len(calibration) > 10:
-        raise ValueError("the affine correction is fitted on at most 10 measured networks")
+        raise ValueError("the correction is fitted on at most 10 measured networks")
+    if correction not in ("scale", "affine"):
+        raise ValueError(f"correction must be 'scale' or 'affine', not '{correction}'")
     prepare = prepare or (lambda a: a)
     blocks = all_blocks(space)
-    log(f"latency table: {len(blocks)} blocks, {len(calibration)} calibration and {len(holdout)} held-out networks")
+    pairs = seam_rule.representative_pairs(space, covering(space)) if seams else {}
+    log(f"latency table: {len(blocks)} blocks, {len(pairs)} seams, {len(calibration)} calibration and "
+        f"{len(holdout)} held-out networks (x{repeats})")
     arts = [prepare(block_artifact(b, work_dir / f"block{i:04d}")) for i, b in enumerate(blocks)]
+    arts += [prepare(block_artifact(seam_rule.pair_block(*p), work_dir / f"pair{i:04d}")) for i, p in enumerate(pairs.values())]
     nets = list(calibration) + list(holdout)
-    arts += [prepare(recipe_artifact(space.recipe(c), input_shape, work_dir / f"net{i:04d}", seed=i))
-             for i, c in enumerate(nets)]
-    stats = measure(arts)
-    ms = [s.p50_ms for s in stats]
+    net_arts = [prepare(recipe_artifact(space.recipe(c), input_shape, work_dir / f"net{i:04d}", seed=i))
+                for i, c in enumerate(nets)]
+    arts += net_arts + net_arts[len(calibration):] * (repeats - 1)  # a repeat: the same file, its own session
+    ms = [s.p50_ms for s in measure(arts)]
     table = {b.key: {"ms": ms[i], **block_counts(b)} for i, b in enumerate(blocks)}
-    model = LatencyModel(kind="table", table=table)
-    net_ms = ms[len(blocks):]
-    cal_rows = [{"config": c, "sum_ms": model.raw(space, c), "measured_ms": m}
+    pair_ms = ms[len(blocks):len(blocks) + len(pairs)]
+    seam_ms = {k: table[a.key]["ms"] + table[b.key]["ms"] - p for (k, (a, b)), p in zip(pairs.items(), pair_ms)}
+    model = LatencyModel(kind="table", table=table, seams=seam_ms, correction=correction)
+    net_ms = ms[len(blocks) + len(pairs):]
+    cal_rows = [{"config": c, "sum_ms": model.raw(space, c), "base_ms": model.base(space, c), "measured_ms": m}
                 for c, m in zip(calibration, net_ms[:len(calibration)])]
-    model.a, model.b = fit_affine([r["sum_ms"] for r in cal_rows], [r["measured_ms"] for r in cal_rows])
+    model.a, model.b = fit_correction([r["base_ms"] for r in cal_rows], [r["measured_ms"] for r in cal_rows],
+                                      correction)
     model.calibration = cal_rows
-    rows = [{"config": c, "predicted_ms": model.predict(space, c), "sum_ms": model.raw(space, c), "measured_ms": m}
-            for c, m in zip(holdout, net_ms[len(calibration):])]
+    n = len(holdout)
+    reps = [net_ms[len(calibration) + r * n:len(calibration) + (r + 1) * n] for r in range(repeats)]
+    rows = [{"config": c, "predicted_ms": model.predict(space, c), "sum_ms": model.raw(space, c),
+             "base_ms": model.base(space, c), "measured_ms": sum(r[i] for r in reps) / repeats,
+             "measured_reps": [r[i] for r in reps]} for i, c in enumerate(holdout)]
     return model, rows
+
+
+def fit_correction(predicted: list[float], measured: list[float], correction: str = "scale") -> tuple[float, float]:
+    """``(a, b)`` with ``measured ~ a * predicted + b``: ``"scale"``: b = 0, a = median ratio (one parameter,
+    robust to one noisy network); ``"affine"``: :func:`fit_affine`."""
+    import numpy as np
+
+    if correction == "affine":
+        return fit_affine(predicted, measured)
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    return (float(np.median(m / p)), 0.0) if len(p) else (1.0, 0.0)
 
 
 def fit_affine(sums: list[float], measured: list[float]) -> tuple[float, float]:
@@ -166,8 +208,7 @@ def calibration_configs(space: SearchSpace, n: int, seed: int = 0) -> list[Confi
     for i in range(n):
         t = i / max(n - 1, 1)
         for _ in range(20):
-            c = {g: vals[int(np.clip(round(t * (len(vals) - 1) + rng.normal(0, 0.6)), 0, len(vals) - 1))]
-                 for g, vals in space.choices().items()}
+            c = _near(space, t, rng)
             if i == 0:
                 c = space.smallest()
             elif i == n - 1:
@@ -177,6 +218,31 @@ def calibration_configs(space: SearchSpace, n: int, seed: int = 0) -> list[Confi
         seen.add(space.key(c))
         out.append(space.canonical(c))
     return out
+
+
+def spread_configs(space: SearchSpace, n: int, seed: int, exclude: list[Config] = ()) -> list[Config]:
+    """``n`` distinct subnets spread over the space like :func:`calibration_configs` (level i / (n - 1),
+    jittered; no forced ends), none equal to a config of ``exclude``: a held-out set that spans the latency
+    range instead of clustering around the average like random samples."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out, seen = [], {space.key(c) for c in exclude}
+    for i in range(n):
+        for _ in range(100):
+            c = space.canonical(_near(space, i / max(n - 1, 1), rng))
+            if space.key(c) not in seen:
+                seen.add(space.key(c))
+                out.append(c)
+                break
+    return out
+
+
+def _near(space: SearchSpace, t: float, rng) -> Config:
+    import numpy as np
+
+    return {g: vals[int(np.clip(round(t * (len(vals) - 1) + rng.normal(0, 0.6)), 0, len(vals) - 1))]
+            for g, vals in space.choices().items()}
 
 
 def fit_learned(space: SearchSpace, configs: list[Config], measured: list[float]) -> LatencyModel:

@@ -8,8 +8,8 @@ with the weights it inherits from the supernet (optionally fine-tuned), as an or
 
 1. latency model: every block of the space, ``calibration_networks`` (<= 10) whole subnets and the
    baseline are timed interleaved on ``latency.target`` through the measurement service; network
-   latency = sum of blocks, corrected by an affine fit on the whole subnets (cached per target
-   fingerprint). A space without blocks uses a ridge predictor fitted on ``learned_networks`` measured
+   latency = sum of blocks minus the measured seams between them (``compress.search.seams``), times a
+   scale fitted on the whole subnets (``correction``; cached per target fingerprint). A space without blocks uses a ridge predictor fitted on ``learned_networks`` measured
    subnets;
 2. supernet: sandwich rule with in-place distillation through the one training loop (cached per phase);
 3. search: ``strategy`` (nsga2 | evolution) and random search, each evaluating ``candidates``
@@ -56,9 +56,12 @@ class LatencyModelConfig(_Strict):
     target: str | None = Field(None, description="Target the model is built on (default: the first target).")
     timing: TimingPolicy | None = Field(None, description="Timing policy of the table (default: the target's).")
     calibration_networks: int = Field(8, ge=0, le=10, description="Whole subnets timed with the blocks for the "
-                                      "affine correction (at most 10).")
+                                      "correction (at most 10).")
+    correction: Literal["scale", "affine"] = Field(
+        "scale", description="Fit of the (sum of blocks - seams) to the calibration subnets: 'scale' (one "
+        "parameter, median ratio; robust with few nets) or 'affine' (a * x + b, least squares).")
     predictor: Literal["auto", "table", "learned"] = Field(
-        "auto", description="'table': sum of blocks + affine; 'learned': ridge on the encoding from measured "
+        "auto", description="'table': sum of blocks - seams, corrected; 'learned': ridge on the encoding from measured "
         "subnets; 'auto': the table when the space has blocks.")
     learned_networks: int = Field(40, ge=4, description="Measured subnets the learned predictor is fitted on.")
 
@@ -207,7 +210,7 @@ class SearchNAS(Stage):
             recalibrate_bn(sub, ctx.dataset, "train", batches=cfg.bn_batches, batch_size=64)
             arts.append(lat.recipe_artifact(space.recipe(cand.config), artifact.input_shape,
                                             scratch / f"front{i:03d}", model=sub, producer="search:front"))
-        # the calibration subnets are timed again beside the front: the affine correction is refitted to
+        # the calibration subnets are timed again beside the front: the correction is refitted to
         # this session's machine state (the blocks give the structure, the session the scale)
         cal = model.calibration
         cal_arts = [lat.recipe_artifact(space.recipe(r["config"]), artifact.input_shape, scratch / f"cal{i:03d}",
@@ -217,8 +220,9 @@ class SearchNAS(Stage):
                                     f"subnet(s) and the baseline on {target.name}")
         base_now, cal_stats, stats = stats[0], stats[1:1 + len(cal_arts)], stats[1 + len(cal_arts):]
         if cal and model.kind == "table":
-            session = lat.fit_affine([r["sum_ms"] for r in cal], [s.p50_ms for s in cal_stats])
-            predict_now = lambda c: session[0] * model.raw(space, c) + session[1]  # noqa: E731
+            session = lat.fit_correction([model.base(space, r["config"]) for r in cal], [s.p50_ms for s in cal_stats],
+                                         model.correction)
+            predict_now = lambda c: session[0] * model.base(space, c) + session[1]  # noqa: E731
         else:
             session = None
             predict_now = lambda c: model.predict(space, c) * base_now.p50_ms / base_ms  # noqa: E731
@@ -262,9 +266,9 @@ class SearchNAS(Stage):
             "random_front": [point(c) for c in pareto_front(runs["random"])],
             "hypervolume": hv, "hypervolume_reference": {"latency_ms": ref, "accuracy": 0.0},
             "latency_model": {**lat_facts, "validation_on_front": validation,
-                              "front_session_affine": {"a": session[0], "b": session[1]} if session else None,
+                              "front_session_correction": {"a": session[0], "b": session[1]} if session else None,
                               "validation_note": "front subnets timed end to end in a later session with the "
-                              "calibration subnets; the affine correction refitted on those (table: sums of the "
+                              "calibration subnets; the correction refitted on those (table: sums of the "
                               "blocks timed in the first session)"},
             "supernet": sn_hist, "executor": cfg.executor.kind,
             "chosen": {**point(chosen, measured[space.key(chosen.config)]), "finetune": ft_hist},
@@ -295,7 +299,7 @@ class SearchNAS(Stage):
             kind = "table" if space.blocks(space.largest()) else "learned"
         # the same calibration subnets whatever the search seed (one table), spread over the latency range
         nets = lat.calibration_configs(space, cfg.calibration_networks if kind == "table" else cfg.learned_networks)
-        key = cache_key(step="search-latency-model", kind=kind, space=space.origin, nets=[space.key(c) for c in nets],
+        key = cache_key(step="search-latency-model", rule="seams", correction=cfg.correction, kind=kind, space=space.origin, nets=[space.key(c) for c in nets],
                         timing=(cfg.timing or target.timing).model_dump(mode="json"), fp=target_fp,
                         baseline=artifact.hash)
         hit = ctx.measure.cache.get_json(key)
@@ -312,13 +316,14 @@ class SearchNAS(Stage):
 
         if kind == "table":
             model, _ = lat.build(space, measure, scratch / "table", input_shape=artifact.input_shape,
-                                 calibration=nets, log=ctx.log)
+                                 calibration=nets, correction=cfg.correction, log=ctx.log)
             cal = model.calibration
-            fit = lat.validate([model.a * r["sum_ms"] + model.b for r in cal], [r["measured_ms"] for r in cal])
+            fit = lat.validate([model.a * r["base_ms"] + model.b for r in cal], [r["measured_ms"] for r in cal])
             raw = lat.validate([r["sum_ms"] for r in cal], [r["measured_ms"] for r in cal])
-            facts = {"kind": "table", "blocks": len(model.table), "affine": {"a": model.a, "b": model.b},
+            facts = {"kind": "table", "blocks": len(model.table), "seams": len(model.seams),
+                     "correction": {"kind": model.correction, "a": model.a, "b": model.b},
                      "calibration_networks": len(cal), "plain_sum_on_calibration": raw,
-                     "affine_on_calibration": fit}
+                     "corrected_on_calibration": fit}
         else:
             arts = [lat.recipe_artifact(space.recipe(c), artifact.input_shape, scratch / f"net{i:03d}", seed=i)
                     for i, c in enumerate(nets)]
