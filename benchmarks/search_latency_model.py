@@ -94,16 +94,24 @@ def int8(measure, art, folder: Path):
     return measure.cache.get_artifact(key) or measure.cache.build_artifact(key, build)
 
 
-def pruned(art, folder: Path, ratio: float):
-    """prune.structured's torch-pruning adapter, one shot, no fine-tune (latency does not need it)."""
-    from compress.artifact import build_module, save_torch
+PRUNE = dict(pruning_ratio=0.25, importance="l2", round_to=8, finetune=None)
+
+
+def prune_module(model, input_shape: tuple[int, ...]):
+    """prune.structured's torch-pruning adapter, one shot at PRUNE, no fine-tune (latency does not need it);
+    returns the pruned model and the artifact edit that replays it."""
     from compress.stages.prune_structured import PruneStructuredConfig, history_json, make_pruner, prune_edit
 
-    model = build_module(art)
-    cfg = PruneStructuredConfig(pruning_ratio=ratio, importance="l2", round_to=8, finetune=None)
-    pruner = make_pruner(model, cfg, art.input_shape, ratio, 1)
+    cfg = PruneStructuredConfig(**PRUNE)
+    pruner = make_pruner(model, cfg, input_shape, cfg.pruning_ratio, 1)
     pruner.step()
-    edit = prune_edit(history_json(pruner), art.input_shape)
+    return model, prune_edit(history_json(pruner), input_shape)
+
+
+def pruned(art, folder: Path):
+    from compress.artifact import build_module, save_torch
+
+    model, edit = prune_module(build_module(art), art.input_shape)
     return save_torch(model, folder, like=art, producer="bench:prune", edits=art.edits + (edit,))
 
 
@@ -162,34 +170,51 @@ def repeatability(rows: list[dict]) -> dict | None:
     return lat.validate([r["measured_reps"][0] for r in rows], [r["measured_reps"][1] for r in rows])
 
 
-def prune_chain(models: dict, res: int, n: int, work: Path, cache_dir: Path, timing: dict) -> dict:
+def prune_chain(models: dict, res: int, n: int, work: Path, cache_dir: Path, timing: dict, repeats: int,
+                log) -> dict:
     """``n`` held-out subnets spread over the latency range (``latency.spread_configs``, seed 1, none a
-    calibration subnet) -> prune.structured adapter -> INT8, each timed in two sessions; Kendall tau between
-    each table's prediction for the unpruned subnet and the mean measured latency after prune + INT8."""
+    calibration subnet) -> prune.structured adapter -> INT8, each timed in ``repeats`` sessions, in ONE
+    session with the INT8 blocks *at the widths the prune leaves* (``PrunedView``), their seams and the 10
+    pruned INT8 calibration subnets. Kendall tau between each table's prediction and the measured latency
+    after prune + INT8: the pruned INT8 table's, and (for comparison) the unpruned tables' of the main runs."""
     from scipy.stats import kendalltau
 
     from compress.search import latency as lat
+    from compress.search.pruned import PrunedView
 
     space = next(iter(models.values()))[1]
     m = service(cache_dir, res, timing)
-    nets = lat.spread_configs(space, n, seed=1, exclude=lat.calibration_configs(space, 10))
-    arts = []
-    for i, c in enumerate(nets):
-        a = lat.recipe_artifact(space.recipe(c), (1, 3, res, res), work / f"p{i:03d}" / "fp32", seed=i)
-        p = pruned(a, work / f"p{i:03d}" / "pruned", 0.25)
-        arts.append(int8(m, p, work / f"p{i:03d}" / "int8"))
-    stats = m.latency(arts + arts, label=f"{len(arts)} pruned INT8 subnets x2")
-    reps = [[s.p50_ms for s in stats[:n]], [s.p50_ms for s in stats[n:]]]
-    meas = [(x + y) / 2 for x, y in zip(*reps)]
-    out = {"cached": m.last_latency_cached, "resolution": res, "networks": len(nets), "held_out": "latency.spread_configs(seed=1), no calibration net",
-           "prune": "prune.structured adapter, 25% channels, l2, round_to 8", "measured_ms": meas,
-           "repeat_tau": round(float(kendalltau(*reps).statistic), 4),
-           "repeat_close_pairs": lat.validate(*reps)}
+    shape = (1, 3, res, res)
+    view = PrunedView(space, lambda model: prune_module(model, shape)[0])
+    calibration = lat.calibration_configs(space, 10)
+    nets = lat.spread_configs(space, n, seed=1, exclude=calibration)
+
+    def network(c, folder: Path, i: int):
+        return pruned(lat.recipe_artifact(space.recipe(c), shape, folder / "fp32", seed=i), folder / "pruned")
+
+    counter = [0]
+
+    def prepare(a):
+        counter[0] += 1
+        return int8(m, a, work / f"q{counter[0]:04d}")
+
+    pmodel, rows = lat.build(view, lambda arts: m.latency(arts, label=f"pruned {res}px int8: {len(arts)} artifacts"),
+                             work / "arts", input_shape=shape, calibration=calibration, holdout=nets, prepare=prepare,
+                             repeats=repeats, network=network, log=log)
+    meas = [r["measured_ms"] for r in rows]
+    reps = list(zip(*[r["measured_reps"] for r in rows]))
+    out = {"cached": m.last_latency_cached, "resolution": res, "networks": len(nets), "blocks": len(pmodel.table),
+           "held_out": "latency.spread_configs(seed=1), no calibration net",
+           "prune": "prune.structured adapter, uniform 25% channels, l2, round_to 8, no fine-tune",
+           "measured_ms": meas, "correction": {"a": pmodel.a, "b": pmodel.b},
+           "repeat_tau": round(float(kendalltau(reps[0], reps[1]).statistic), 4) if len(reps) > 1 else None,
+           "repeatability": lat.validate(reps[0], reps[1]) if len(reps) > 1 else None,
+           "kendall_tau_pruned_int8_table": round(float(kendalltau([r["predicted_ms"] for r in rows], meas).statistic), 4),
+           "pruned_int8_table": lat.validate([r["predicted_ms"] for r in rows], meas)}
     for prec, (model, _, _, _) in models.items():
         pred = [model.predict(space, c) for c in nets]
-        out[f"kendall_tau_{prec}_table"] = round(float(kendalltau(pred, meas).statistic), 4)
-        out[f"predicted_{prec}_ms"] = pred
-        out[f"close_pairs_{prec}_table"] = lat.validate(pred, meas)
+        out[f"kendall_tau_unpruned_{prec}_table"] = round(float(kendalltau(pred, meas).statistic), 4)
+    out["rows"] = rows
     return out
 
 
@@ -226,14 +251,17 @@ def render(report: dict) -> list[str]:
     chain = report.get("prune_chain")
     if chain:
         at = chain.get("measured_at", {})
-        taus = ", ".join(f"{k.split('_')[2].upper()} table **{v}**" for k, v in chain.items()
+        taus = "; ".join(f"{k[len('kendall_tau_'):].replace('_', ' ')} **{v}**" for k, v in chain.items()
                          if k.startswith("kendall_tau_"))
         lines += ["", f"Chain: {chain['networks']} held-out subnets at {chain['resolution']}x{chain['resolution']} "
                   f"spread over the latency range ({chain['held_out']}; {min(chain['measured_ms']):.3f}-"
                   f"{max(chain['measured_ms']):.3f} ms after the chain), {chain['prune']}, then INT8, each timed in two "
-                  f"sessions. Kendall tau between the table's prediction for the unpruned subnet and the measured "
-                  f"latency after prune + INT8: {taus}; two sessions of the same pruned INT8 nets agree at tau "
-                  f"{chain['repeat_tau']} (ceiling). Load {at.get('load_before')} -> {at.get('load_after')}."]
+                  f"sessions, in one session with the {chain['blocks']} INT8 blocks at the widths the prune leaves "
+                  "(`compress.search.pruned.PrunedView`), their seams and the 10 pruned calibration subnets. "
+                  f"Kendall tau between a table's prediction and the measured latency after prune + INT8: {taus}. "
+                  f"Pruned INT8 table on these nets: {fmt(chain['pruned_int8_table'])} (MAPE | bias | tau | close "
+                  f"pairs | within ±10%); two sessions of the same nets agree at tau {chain['repeat_tau']} (ceiling). "
+                  f"Load {at.get('load_before')} -> {at.get('load_after')}."]
     return lines
 
 
@@ -295,7 +323,8 @@ def main(argv: list[str]) -> int:
         if args.prune and models:
             res = 32 if 32 in models else next(iter(models))
             load0 = os.getloadavg()[0]
-            chain = prune_chain(models[res], res, args.prune_nets, work / "prune", Path(args.cache), timing)
+            chain = prune_chain(models[res], res, args.prune_nets, work / "prune", Path(args.cache), timing,
+                                args.repeats, lambda s: print("  " + s, flush=True))
             chain["measured_at"] = measured_at(load0, chain.pop("cached"), (prev.get("prune_chain") or {}).get("measured_at"))
             print(f"== prune + INT8 at {res}: {json.dumps({k: v for k, v in chain.items() if 'tau' in k})}", flush=True)
     finally:

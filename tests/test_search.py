@@ -75,6 +75,35 @@ def test_space_operators_and_blocks_cover_every_config():
         assert set(seams.seams(space, c)) <= set(pairs)  # ... and a measured pair for every seam it has
 
 
+def test_pruned_view_reads_the_widths_the_structured_prune_leaves():
+    from compress.artifact import import_callable
+    from compress.search.pruned import PrunedView
+    from compress.stages.prune_structured import PruneStructuredConfig, make_pruner
+
+    space = load_space("inverted_residual", {**TINY_MB, "resolutions": [8]})
+
+    def prune(model):
+        cfg = PruneStructuredConfig(pruning_ratio=0.5, round_to=4, finetune=None)
+        make_pruner(model, cfg, (1, 1, 8, 8), 0.5, 1).step()
+        return model
+
+    view = PrunedView(space, prune)
+    rng = np.random.default_rng(3)
+    for c in [space.largest()] + [space.sample(rng) for _ in range(3)]:
+        pruned, plain = view.blocks(c), space.blocks(c)
+        assert [b.kind for b in pruned] == [b.kind for b in plain]
+        # the chained blocks rebuild the pruned network: same shapes at every seam, same parameter count
+        x, params = torch.zeros(1, 1, 8, 8), 0
+        for b in pruned:
+            assert tuple(x.shape) == b.input_shape
+            blk = import_callable(b.recipe["callable"])(**b.recipe["kwargs"]).eval()
+            params += sum(p.numel() for p in blk.parameters())
+            x = blk(x)
+        assert params == sum(p.numel() for p in view.model(c).parameters())
+        assert params < sum(p.numel() for p in space.extract(space.supernet(), c).parameters())
+        assert any("hidden" in b.recipe["kwargs"] for b in pruned)  # hidden widths are the prune's, not the config's
+
+
 def test_a_seam_pair_is_the_two_blocks_in_sequence():
     from compress.artifact import import_callable
 

@@ -126,6 +126,7 @@ Measure = Callable[[list["Artifact"]], list[Any]]  # artifacts -> LatencyStats (
 def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: tuple[int, ...],
           calibration: list[Config], holdout: list[Config] = (), prepare: Callable[["Artifact"], "Artifact"] | None = None,
           repeats: int = 1, seams: bool = True, correction: str = "scale",
+          network: Callable[[Config, Path, int], "Artifact"] | None = None,
           log: Callable[[str], None] = lambda m: None) -> tuple[LatencyModel, list[dict[str, Any]]]:
     """Time every block, one pair of blocks per seam (``seams``), the ``calibration`` networks (<= 10, for
     the correction) and the ``holdout`` networks in ONE interleaved measurement; return the model and the
@@ -133,7 +134,9 @@ def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: 
     turns each torch artifact into what is timed (e.g. an INT8 ONNX); default: the artifact itself (the
     measurement service exports it). ``repeats`` > 1 times every held-out network in that many independent
     sessions of the same measurement: ``measured_ms`` is their mean (a lower-noise truth), ``measured_reps``
-    each one (their disagreement is the measurement's own repeatability)."""
+    each one (their disagreement is the measurement's own repeatability). ``network(config, folder, i)``
+    builds a whole network's artifact (default: ``space.recipe(config)`` with seeded random weights; a
+    :class:`~compress.search.pruned.PrunedView` needs the pruned network)."""
     if len(calibration) > 10:
         raise ValueError("the correction is fitted on at most 10 measured networks")
     if correction not in ("scale", "affine"):
@@ -146,8 +149,8 @@ def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: 
     arts = [prepare(block_artifact(b, work_dir / f"block{i:04d}")) for i, b in enumerate(blocks)]
     arts += [prepare(block_artifact(seam_rule.pair_block(*p), work_dir / f"pair{i:04d}")) for i, p in enumerate(pairs.values())]
     nets = list(calibration) + list(holdout)
-    net_arts = [prepare(recipe_artifact(space.recipe(c), input_shape, work_dir / f"net{i:04d}", seed=i))
-                for i, c in enumerate(nets)]
+    network = network or (lambda c, folder, i: recipe_artifact(space.recipe(c), input_shape, folder, seed=i))
+    net_arts = [prepare(network(c, work_dir / f"net{i:04d}", i)) for i, c in enumerate(nets)]
     arts += net_arts + net_arts[len(calibration):] * (repeats - 1)  # a repeat: the same file, its own session
     ms = [s.p50_ms for s in measure(arts)]
     table = {b.key: {"ms": ms[i], **block_counts(b)} for i, b in enumerate(blocks)}

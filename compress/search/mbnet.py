@@ -25,10 +25,11 @@ IMAGENET_STAGES = [[24, 2], [32, 2], [64, 2], [96, 1], [160, 2], [320, 1]]
 class MBBlock(nn.Module):
     """1x1 expand -> k x k depthwise (stride) -> 1x1 linear projection; residual when shapes match."""
 
-    def __init__(self, cin: int, cout: int, stride: int, expand: float, kernel: int):
+    def __init__(self, cin: int, cout: int, stride: int, expand: float, kernel: int, hidden: int | None = None,
+                 residual: bool | None = None):
         super().__init__()
-        hidden = int(round(cin * expand))
-        self.use_res = stride == 1 and cin == cout
+        hidden = int(round(cin * expand)) if hidden is None else hidden  # explicit: a channel-pruned block
+        self.use_res = stride == 1 and cin == cout if residual is None else residual
         self.expand = conv_bn_act(cin, hidden, 1)
         self.dw = conv_bn_act(hidden, hidden, kernel, stride, groups=hidden)
         self.project = conv_bn_act(hidden, cout, 1, act=None)
@@ -135,7 +136,8 @@ def block(kind: str, **kw: Any) -> nn.Module:
     if kind == "stem":
         return conv_bn_act(kw["cin"], kw["cout"], 3, kw["stride"])
     if kind == "mb":
-        return MBBlock(kw["cin"], kw["cout"], kw["stride"], kw["expand"], kw["kernel"])
+        return MBBlock(kw["cin"], kw["cout"], kw["stride"], kw["expand"], kw["kernel"], kw.get("hidden"),
+                       kw.get("residual"))
     if kind == "head":
         return _Head(kw["cin"], kw["hidden"], kw["classes"])
     raise ValueError(f"unknown block kind '{kind}'")
@@ -218,14 +220,16 @@ class InvertedResidualSpace(SearchSpace):
             out.append(c)
         return out
 
-    def blocks(self, config: Config) -> list[Block]:
+    def blocks(self, config: Config, model: MBNet | None = None) -> list[Block]:
+        """The blocks ``config`` runs; with ``model`` (the config's network after a structured prune, say) the
+        channel counts are read from its layers instead of computed from the config."""
         s, c = self.spec, self.canonical(config)
         fn, w, h = "compress.search.mbnet:block", c["width"], c["res"]
         out = []
         if h != s.input_size:
             out.append(Block("resize", {"callable": fn, "kwargs": {"kind": "resize", "size": h}},
                              (1, s.in_channels, s.input_size, s.input_size)))
-        cin = s.channels(s.stem_channels, w)
+        cin = s.channels(s.stem_channels, w) if model is None else model.stem[0].out_channels
         out.append(Block("stem", {"callable": fn, "kwargs": {"kind": "stem", "cin": s.in_channels, "cout": cin,
                                                              "stride": s.stem_stride}}, (1, s.in_channels, h, h)))
         h = conv_out(h, s.stem_stride)
@@ -235,9 +239,16 @@ class InvertedResidualSpace(SearchSpace):
                 st = stride if b == 0 else 1
                 kw = {"kind": "mb", "cin": cin, "cout": cout, "stride": st, "expand": c[f"e{i}_{b}"],
                       "kernel": c[f"k{i}_{b}"]}
+                if model is not None:
+                    blk = model.stages[i][b]
+                    kw["cout"] = cout = blk.project[0].out_channels
+                    if blk.expand[0].out_channels != int(round(cin * kw["expand"])):
+                        kw["hidden"] = blk.expand[0].out_channels
+                    if blk.use_res != (st == 1 and cin == cout):
+                        kw["residual"] = blk.use_res
                 out.append(Block("mb", {"callable": fn, "kwargs": kw}, (1, cin, h, h)))
                 h, cin = conv_out(h, st), cout
-        out.append(Block("head", {"callable": fn, "kwargs": {"kind": "head", "cin": cin, "hidden": s.head_channels,
+        hidden = s.head_channels if model is None else model.head[0].out_channels
+        out.append(Block("head", {"callable": fn, "kwargs": {"kind": "head", "cin": cin, "hidden": hidden,
                                                              "classes": s.num_classes}}, (1, cin, h, h)))
         return out
-
