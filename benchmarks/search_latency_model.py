@@ -116,14 +116,14 @@ def pruned(art, folder: Path):
 
 
 def run_one(res: int, prec: str, n_holdout: int, work: Path, cache_dir: Path, timing: dict, log,
-            repeats: int = 2) -> dict:
+            repeats: int = 2, seed: int | None = None) -> dict:
     import numpy as np
 
     from compress.search import latency as lat
 
     space = space_for(res)
     m = service(cache_dir, res, timing)
-    rng = np.random.default_rng(res)
+    rng = np.random.default_rng(res if seed is None else seed)
     calibration = lat.calibration_configs(space, 10)
     seen = {space.key(c) for c in calibration}
     holdout = []
@@ -143,22 +143,41 @@ def run_one(res: int, prec: str, n_holdout: int, work: Path, cache_dir: Path, ti
                             work / "arts", input_shape=(1, 3, res, res), calibration=calibration, holdout=holdout,
                             prepare=prepare, repeats=repeats, log=log)
     meas = [r["measured_ms"] for r in rows]
-    cal = model.calibration
-    old = lat.fit_affine([r["sum_ms"] for r in cal], [r["measured_ms"] for r in cal])  # last session's model
-    aff = lat.fit_affine([r["base_ms"] for r in cal], [r["measured_ms"] for r in cal])
-    out = {"resolution": res, "precision": prec, "blocks": len(model.table), "seams": model.seams,
-           "calibration_networks": len(cal), "correction": {"kind": model.correction, "a": model.a, "b": model.b},
+    out = {"resolution": res, "precision": prec, "holdout_seed": res if seed is None else seed,
+           "blocks": len(model.table), "seams": model.seams, "block_stat": model.block_stat,
+           "calibration_networks": len(model.calibration),
+           "correction": {"kind": model.correction, "a": model.a, "b": model.b},
            "seconds": round(time.time() - t0, 1), "cached": m.last_latency_cached,
-           # the model (seams + scale) first, then the ablations; every fit uses the calibration nets only
-           "model": lat.validate([r["predicted_ms"] for r in rows], meas),
-           "plain_sum": lat.validate([r["sum_ms"] for r in rows], meas),
-           "plain_sum_affine": lat.validate([old[0] * r["sum_ms"] + old[1] for r in rows], meas),
-           "seamed_sum": lat.validate([r["base_ms"] for r in rows], meas),
-           "seamed_sum_affine": lat.validate([aff[0] * r["base_ms"] + aff[1] for r in rows], meas),
+           "model": lat.validate([r["predicted_ms"] for r in rows], meas), **ablations(model, space, rows),
            "measured_ms": {"min": min(meas), "median": float(np.median(meas)), "max": max(meas)},
            "repeatability": repeatability(rows),
            "rows": rows}
     return out, model, space, holdout
+
+
+ABLATIONS = {  # name: (block statistic, seams?, correction)
+    "plain_sum": ("p50", False, None),                 # the p50 table, no correction
+    "plain_sum_affine": ("p50", False, "affine"),      # the last session's model
+    "p50_seams_scale": ("p50", True, "scale"),         # seams on the back-to-back (warm) timings
+    "cold_scale": ("cold", False, "scale"),            # cold entries, no seams
+    "cold_seams_affine": ("cold", True, "affine"),
+}
+
+
+def ablations(model, space, rows: list[dict]) -> dict:
+    """The held-out validation of variants of the model, each refitted on the same calibration nets only."""
+    from compress.search import latency as lat
+
+    meas, out = [r["measured_ms"] for r in rows], {}
+    for name, (stat, seams, corr) in ABLATIONS.items():
+        m = model.restat(stat)
+        if not seams:
+            m.seams = {}
+        cal = model.calibration
+        if corr:
+            m.a, m.b = lat.fit_correction([m.base(space, r["config"]) for r in cal], [r["measured_ms"] for r in cal], corr)
+        out[name] = lat.validate([m.predict(space, r["config"]) for r in rows], meas)
+    return out
 
 
 def repeatability(rows: list[dict]) -> dict | None:
@@ -230,22 +249,27 @@ def render(report: dict) -> list[str]:
              f"`{report['command']}` — CPU {cpu['cpu_model']} ({', '.join(cpu['cpu_flags'] or [])}), "
              f"{cpu['physical_cores']} cores. Clock: {report['timing']['clock']}; every measurement ran under the "
              "shared CPU lock (`flock /work/cpu.lock`); its 1-min load average before/after is in each row.", "",
-             "Per resolution and precision, ONE interleaved session times every block, one pair of adjacent blocks per "
-             "seam, the 10 calibration subnets (smallest to largest, `latency.calibration_configs`: the only nets any "
-             "correction is fitted on) and 50 held-out random subnets, each in two independent sessions (truth = their "
-             "mean). Model = (sum of blocks - seams) x scale (median measured/predicted on the calibration nets). "
-             "'Repeat' = session 1 of each held-out net as a prediction of session 2: the measurement's own ceiling.", "",
+             "Per resolution and precision, ONE interleaved session (sessions in a seeded random order) times every "
+             "block, one pair of adjacent blocks per seam, the 10 calibration subnets (smallest to largest, "
+             "`latency.calibration_configs`: the only nets any correction is fitted on) and 50 held-out random "
+             "subnets (seed in the row), every network in two sessions (truth = their mean p50). Model = (sum of "
+             "the blocks' *cold* timings - the seams between them) x one scale (median measured/predicted on the "
+             "calibration nets); a cold timing is a block's first call in each interleaving round, right after "
+             "the other sessions ran (`latency.cold_ms`). 'Repeat' = session 1 of each held-out net as a "
+             "prediction of session 2: the measurement's own ceiling.", "",
              "| res | prec | predictor | MAPE | bias | Kendall tau | close pairs ordered | within ±10% |",
              "|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         at = r.get("measured_at", {})
-        for k, name in (("model", "**model: seams + scale**"), ("plain_sum", "plain sum"),
-                        ("plain_sum_affine", "plain sum + affine (last session)"), ("seamed_sum", "seams, no fit"),
-                        ("seamed_sum_affine", "seams + affine"), ("repeatability", "repeat (ceiling)")):
+        for k, name in (("model", "**model: cold blocks - seams, x scale**"), ("plain_sum", "p50 blocks, plain sum"),
+                        ("plain_sum_affine", "p50 plain sum + affine (last session's model)"),
+                        ("p50_seams_scale", "p50 blocks - seams, x scale"), ("cold_scale", "cold blocks, x scale"),
+                        ("cold_seams_affine", "cold blocks - seams, affine"), ("repeatability", "repeat (ceiling)")):
             if r.get(k):
                 lines.append(f"| {r['resolution']} | {r['precision']} | {name} | {fmt(r[k])} |")
         lines.append(f"| | | median {r['measured_ms']['median']:.3f} ms [{r['measured_ms']['min']:.3f}-"
-                     f"{r['measured_ms']['max']:.3f}], {r['blocks']} blocks, {len(r['seams'])} seams, scale "
+                     f"{r['measured_ms']['max']:.3f}], held-out seed {r.get('holdout_seed')}, {r['blocks']} blocks, "
+                     f"{len(r['seams'])} seams, scale "
                      f"{r['correction']['a']:.4f}; load {at.get('load_before')} -> {at.get('load_after')} "
                      f"({at.get('utc', '')[:16]}) | | | | | |")
     chain = report.get("prune_chain")
@@ -292,6 +316,8 @@ def main(argv: list[str]) -> int:
                     help="thread_cpu (default): CPU time of the timing thread (ORT at 1 intra-op thread computes in "
                     "it), immune to preemption on a shared, oversubscribed machine; wall: perf_counter")
     ap.add_argument("--prune-nets", type=int, default=40)
+    ap.add_argument("--holdout-seed", type=int, default=None,
+                    help="seed of the held-out random subnets (default: the resolution)")
     ap.add_argument("--repeats", type=int, default=2, help="independent sessions per held-out net (truth = mean)")
     ap.add_argument("--cache", default=str(ROOT / ".compress-cache-bench"))
     ap.add_argument("--out", default=str(ROOT / "reports" / "search_latency_model"))
@@ -313,11 +339,11 @@ def main(argv: list[str]) -> int:
                 load0 = os.getloadavg()[0]
                 r, model, space, holdout = run_one(res, prec, args.holdout, work / f"{res}-{prec}", Path(args.cache),
                                                    timing, lambda s: print("  " + s, flush=True),
-                                                   args.repeats)
+                                                   args.repeats, args.holdout_seed)
                 models.setdefault(res, {})[prec] = (model, space, holdout, res)
                 r["measured_at"] = measured_at(load0, r.pop("cached"), prev_at.get((res, prec)))
                 results.append(r)
-                for k in ("model", "plain_sum", "plain_sum_affine", "seamed_sum", "seamed_sum_affine", "repeatability"):
+                for k in ("model", *ABLATIONS, "repeatability"):
                     print(f"  {k:18s} {json.dumps(r[k])}", flush=True)
         chain = None
         if args.prune and models:

@@ -33,6 +33,8 @@ class LatencyModel:
     kind: str  # "table" (sum of blocks - seams, corrected) | "learned" (ridge on the encoding)
     table: dict[str, dict[str, float]] = field(default_factory=dict)  # block key -> {ms, params, macs}
     seams: dict[str, float] = field(default_factory=dict)  # seam key -> ms a block boundary overcounts
+    pairs: dict[str, dict[str, Any]] = field(default_factory=dict)  # seam key -> {blocks, p50_ms, cold_ms}
+    block_stat: str = "p50"  # which statistic the entries ("ms") and seams are: "cold" | "p50"
     correction: str = "affine"  # "scale" (b = 0) | "affine": how a, b were fitted
     a: float = 1.0
     b: float = 0.0
@@ -50,6 +52,22 @@ class LatencyModel:
             return self.raw(space, config)
         return self.raw(space, config) - sum(self.seams[k] for k in seam_rule.seams(space, config))
 
+    def seams_from_pairs(self) -> dict[str, float]:
+        """seam = entry(block 1) + entry(block 2) - pair, all in ``block_stat``."""
+        key = f"{self.block_stat}_ms"
+        return {k: sum(self.table[b][key] for b in p["blocks"]) - p[key] for k, p in self.pairs.items()}
+
+    def restat(self, block_stat: str) -> "LatencyModel":
+        """A copy whose entries and seams are ``block_stat`` (uncorrected: a = 1, b = 0)."""
+        import copy
+
+        m = copy.deepcopy(self)
+        m.block_stat, m.a, m.b = block_stat, 1.0, 0.0
+        for e in m.table.values():
+            e["ms"] = e[f"{block_stat}_ms"]
+        m.seams = m.seams_from_pairs()
+        return m
+
     def predict(self, space: SearchSpace, config: Config) -> float:
         if self.kind == "learned":
             enc = space.encode(config)
@@ -64,7 +82,8 @@ class LatencyModel:
         return {k: int(sum(self.table[b.key][k] for b in blocks)) for k in ("params", "macs")}
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "table": self.table, "seams": self.seams, "correction": self.correction,
+        return {"kind": self.kind, "table": self.table, "seams": self.seams, "pairs": self.pairs,
+                "block_stat": self.block_stat, "correction": self.correction,
                 "a": self.a, "b": self.b, "ridge": self.ridge, "calibration": self.calibration}
 
     @classmethod
@@ -125,22 +144,34 @@ Measure = Callable[[list["Artifact"]], list[Any]]  # artifacts -> LatencyStats (
 
 def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: tuple[int, ...],
           calibration: list[Config], holdout: list[Config] = (), prepare: Callable[["Artifact"], "Artifact"] | None = None,
-          repeats: int = 1, seams: bool = True, correction: str = "scale",
-          network: Callable[[Config, Path, int], "Artifact"] | None = None,
+          repeats: int = 1, seams: bool = True, correction: str = "scale", block_stat: str = "cold",
+          shuffle: int | None = 0, network: Callable[[Config, Path, int], "Artifact"] | None = None,
           log: Callable[[str], None] = lambda m: None) -> tuple[LatencyModel, list[dict[str, Any]]]:
     """Time every block, one pair of blocks per seam (``seams``), the ``calibration`` networks (<= 10, for
     the correction) and the ``holdout`` networks in ONE interleaved measurement; return the model and the
-    held-out rows ``[{config, predicted_ms, sum_ms, base_ms, measured_ms, measured_reps}]``. ``prepare``
-    turns each torch artifact into what is timed (e.g. an INT8 ONNX); default: the artifact itself (the
-    measurement service exports it). ``repeats`` > 1 times every held-out network in that many independent
-    sessions of the same measurement: ``measured_ms`` is their mean (a lower-noise truth), ``measured_reps``
-    each one (their disagreement is the measurement's own repeatability). ``network(config, folder, i)``
-    builds a whole network's artifact (default: ``space.recipe(config)`` with seeded random weights; a
-    :class:`~compress.search.pruned.PrunedView` needs the pruned network)."""
+    held-out rows ``[{config, predicted_ms, sum_ms, base_ms, measured_ms, measured_reps}]``.
+
+    * ``prepare`` turns each torch artifact into what is timed (e.g. an INT8 ONNX); default: the artifact
+      itself (the measurement service exports it). ``network(config, folder, i)`` builds a whole network's
+      artifact (default: ``space.recipe(config)`` with seeded random weights; a
+      :class:`~compress.search.pruned.PrunedView` needs the pruned network).
+    * ``repeats`` > 1 times every calibration and held-out network in that many sessions of the same
+      measurement: ``measured_ms`` is their mean, ``measured_reps`` each one (their disagreement is the
+      measurement's own repeatability).
+    * ``shuffle`` (a seed; None: off) puts the sessions in a random order: with hundreds of sessions in one
+      process the order they are created in shifts a network's time by a few percent (memory placement),
+      which must not line up with blocks / calibration / held-out.
+    * ``block_stat``: what a block's (and a pair's) entry is: ``"cold"`` (default), :func:`cold_ms`, its
+      call right after the other sessions ran, as in a network where the other blocks run in between and
+      evict its weights; ``"p50"``, the median of all its calls (back to back: its weights stay in cache).
+      Networks are always their p50 (a network run repeatedly is the deployment)."""
+    import numpy as np
+
     if len(calibration) > 10:
         raise ValueError("the correction is fitted on at most 10 measured networks")
-    if correction not in ("scale", "affine"):
-        raise ValueError(f"correction must be 'scale' or 'affine', not '{correction}'")
+    if correction not in ("scale", "affine") or block_stat not in ("cold", "p50"):
+        raise ValueError(f"correction must be 'scale' or 'affine' ('{correction}'), block_stat 'cold' or 'p50' "
+                         f"('{block_stat}')")
     prepare = prepare or (lambda a: a)
     blocks = all_blocks(space)
     pairs = seam_rule.representative_pairs(space, covering(space)) if seams else {}
@@ -150,25 +181,44 @@ def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: 
     arts += [prepare(block_artifact(seam_rule.pair_block(*p), work_dir / f"pair{i:04d}")) for i, p in enumerate(pairs.values())]
     nets = list(calibration) + list(holdout)
     network = network or (lambda c, folder, i: recipe_artifact(space.recipe(c), input_shape, folder, seed=i))
-    net_arts = [prepare(network(c, work_dir / f"net{i:04d}", i)) for i, c in enumerate(nets)]
-    arts += net_arts + net_arts[len(calibration):] * (repeats - 1)  # a repeat: the same file, its own session
-    ms = [s.p50_ms for s in measure(arts)]
-    table = {b.key: {"ms": ms[i], **block_counts(b)} for i, b in enumerate(blocks)}
-    pair_ms = ms[len(blocks):len(blocks) + len(pairs)]
-    seam_ms = {k: table[a.key]["ms"] + table[b.key]["ms"] - p for (k, (a, b)), p in zip(pairs.items(), pair_ms)}
-    model = LatencyModel(kind="table", table=table, seams=seam_ms, correction=correction)
-    net_ms = ms[len(blocks) + len(pairs):]
-    cal_rows = [{"config": c, "sum_ms": model.raw(space, c), "base_ms": model.base(space, c), "measured_ms": m}
-                for c, m in zip(calibration, net_ms[:len(calibration)])]
+    arts += [prepare(network(c, work_dir / f"net{i:04d}", i)) for i, c in enumerate(nets)] * repeats  # a repeat: the same file, its own session
+    order = list(range(len(arts))) if shuffle is None else [int(i) for i in np.random.default_rng(shuffle).permutation(len(arts))]
+    stats = [None] * len(arts)
+    for i, st in zip(order, measure([arts[i] for i in order])):
+        stats[i] = st
+    stat = {"p50": lambda st: st.p50_ms, "cold": cold_ms}
+    table = {b.key: {"ms": stat[block_stat](stats[i]), "p50_ms": stats[i].p50_ms, "cold_ms": cold_ms(stats[i]),
+                     **block_counts(b)} for i, b in enumerate(blocks)}
+    pair_stats = {k: stats[len(blocks) + j] for j, k in enumerate(pairs)}
+    model = LatencyModel(kind="table", table=table, correction=correction, block_stat=block_stat,
+                         pairs={k: {"blocks": [a.key, b.key], "p50_ms": st.p50_ms, "cold_ms": cold_ms(st)}
+                                for (k, (a, b)), st in zip(pairs.items(), pair_stats.values())})
+    model.seams = model.seams_from_pairs()
+    first = len(blocks) + len(pairs)
+    net_ms = np.asarray([st.p50_ms for st in stats[first:]]).reshape(repeats, len(nets))
+    cal_rows = [{"config": c, "sum_ms": model.raw(space, c), "base_ms": model.base(space, c),
+                 "measured_ms": float(net_ms[:, i].mean()), "measured_reps": [float(v) for v in net_ms[:, i]]}
+                for i, c in enumerate(calibration)]
     model.a, model.b = fit_correction([r["base_ms"] for r in cal_rows], [r["measured_ms"] for r in cal_rows],
                                       correction)
     model.calibration = cal_rows
-    n = len(holdout)
-    reps = [net_ms[len(calibration) + r * n:len(calibration) + (r + 1) * n] for r in range(repeats)]
     rows = [{"config": c, "predicted_ms": model.predict(space, c), "sum_ms": model.raw(space, c),
-             "base_ms": model.base(space, c), "measured_ms": sum(r[i] for r in reps) / repeats,
-             "measured_reps": [r[i] for r in reps]} for i, c in enumerate(holdout)]
+             "base_ms": model.base(space, c), "measured_ms": float(net_ms[:, len(calibration) + i].mean()),
+             "measured_reps": [float(v) for v in net_ms[:, len(calibration) + i]]} for i, c in enumerate(holdout)]
     return model, rows
+
+
+def cold_ms(stats) -> float:
+    """Median over the interleaving rounds of a session's *first* call in the round (the one right after
+    the other sessions ran); the p50 when the stats carry no rounds."""
+    import numpy as np
+
+    if not stats.rounds:
+        return stats.p50_ms
+    first: dict[int, float] = {}
+    for r, v in zip(stats.rounds, stats.samples_ms):
+        first.setdefault(r, v)
+    return float(np.median(list(first.values())))
 
 
 def fit_correction(predicted: list[float], measured: list[float], correction: str = "scale") -> tuple[float, float]:
