@@ -330,3 +330,18 @@ def test_calibration_subnets_span_the_space_and_the_fit_is_guarded():
     assert len({space.key(c) for c in held}) == 12 and not {space.key(c) for c in held} & {space.key(c) for c in nets}
     sizes = [sum(p.numel() for p in space.extract(space.supernet(), c).parameters()) for c in held]
     assert np.mean(sizes[:4]) < np.mean(sizes[-4:])
+
+
+def test_accuracy_predictor_ranks_a_learnable_target_and_not_noise():
+    from compress.search.predictor import accuracy_predictor
+
+    space = load_space("inverted_residual", TINY_MB)
+    rng = np.random.default_rng(0)
+    configs = list({space.key(c): c for c in (space.sample(rng) for _ in range(120))}.values())
+    enc = np.asarray([space.encode(c) for c in configs])
+    acc = 80 + 10 * enc[:, 0] + 5 * enc[:, 1] * enc[:, 2] + rng.normal(0, 0.3, len(configs))  # res, width, d0
+    good = accuracy_predictor(space, configs, list(acc), seed=0)
+    assert good["n"] == len(configs) and good["kendall_tau"] > 0.6
+    noise = accuracy_predictor(space, configs, list(rng.permutation(acc)), seed=0)
+    assert abs(noise["kendall_tau"]) < 0.3
+    assert accuracy_predictor(space, configs[:5], list(acc[:5]))["kendall_tau"] is None

@@ -94,6 +94,9 @@ class SearchNASConfig(StageConfig):
     bn_batches: int = Field(4, ge=1, description="Training batches (of 64) for each candidate's BatchNorm "
                             "recalibration.")
     measure_front: int = Field(12, ge=1, description="Front points extracted and timed end to end.")
+    accuracy_predictor: bool = Field(True, description="Fit a small MLP from the encoding to the scored accuracy "
+                                     "of every evaluated subnet and report its 5-fold out-of-fold Kendall tau / "
+                                     "Spearman rho in the record (reported only; the search does not use it).")
     finetune: FinetuneConfig | None = Field(None, description="Fine-tune the chosen subnet (KD from the "
                                             "supernet's largest network by default; distill: null for labels only).")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
@@ -194,6 +197,15 @@ class SearchNAS(Stage):
             raise StageError(f"search.nas: {e}") from e
         finally:
             executor.close()
+        acc_pred = None
+        if cfg.accuracy_predictor:
+            from compress.search.predictor import accuracy_predictor
+
+            scored = {space.key(c.config): c for h in runs.values() for c in h}
+            acc_pred = accuracy_predictor(space, [c.config for c in scored.values()],
+                                          [c.accuracy for c in scored.values()], seed=cfg.seed)
+            ctx.log(f"accuracy predictor ({acc_pred['model']}) on {acc_pred['n']} scored subnets: out-of-fold "
+                    f"Kendall tau {acc_pred['kendall_tau']}")
         ref = budget if budget is not None else predict(space.largest())
         hv = {name: round(hypervolume(h, ref), 6) for name, h in runs.items()}
         ctx.log(f"{cfg.candidates} candidates each: hypervolume {cfg.strategy} {hv[cfg.strategy]:.4f}, "
@@ -270,7 +282,7 @@ class SearchNAS(Stage):
                               "validation_note": "front subnets timed end to end in a later session with the "
                               "calibration subnets; the correction refitted on those (table: sums of the "
                               "blocks timed in the first session)"},
-            "supernet": sn_hist, "executor": cfg.executor.kind,
+            "supernet": sn_hist, "executor": cfg.executor.kind, "accuracy_predictor": acc_pred,
             "chosen": {**point(chosen, measured[space.key(chosen.config)]), "finetune": ft_hist},
         }}
         like = replace(artifact, recipe=space.recipe(chosen.config), edits=())
