@@ -145,6 +145,8 @@ def run_one(res: int, prec: str, n_holdout: int, work: Path, cache_dir: Path, ti
     meas = [r["measured_ms"] for r in rows]
     out = {"resolution": res, "precision": prec, "holdout_seed": res if seed is None else seed,
            "blocks": len(model.table), "seams": model.seams, "block_stat": model.block_stat,
+           "session_drift_per_100": round(model.drift * 100, 5),
+           "repeatability_raw": lat.validate([r["raw_reps"][0] for r in rows], [r["raw_reps"][1] for r in rows]),
            "calibration_networks": len(model.calibration),
            "correction": {"kind": model.correction, "a": model.a, "b": model.b},
            "seconds": round(time.time() - t0, 1), "cached": m.last_latency_cached,
@@ -255,8 +257,10 @@ def render(report: dict) -> list[str]:
              "subnets (seed in the row), every network in two sessions (truth = their mean p50). Model = (sum of "
              "the blocks' *cold* timings - the seams between them) x one scale (median measured/predicted on the "
              "calibration nets); a cold timing is a block's first call in each interleaving round, right after "
-             "the other sessions ran (`latency.cold_ms`). 'Repeat' = session 1 of each held-out net as a "
-             "prediction of session 2: the measurement's own ceiling.", "",
+             "the other sessions ran (`latency.cold_ms`). Every timing is corrected for the drift with the order "
+             "sessions were opened in, estimated from the calibration nets' two sessions only "
+             "(`latency.session_drift`). 'Repeat' = session 1 of each held-out net as a prediction of session 2: "
+             "the measurement's own ceiling (its truth is one session, the model's the mean of two).", "",
              "| res | prec | predictor | MAPE | bias | Kendall tau | close pairs ordered | within ±10% |",
              "|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
@@ -264,12 +268,13 @@ def render(report: dict) -> list[str]:
         for k, name in (("model", "**model: cold blocks - seams, x scale**"), ("plain_sum", "p50 blocks, plain sum"),
                         ("plain_sum_affine", "p50 plain sum + affine (last session's model)"),
                         ("p50_seams_scale", "p50 blocks - seams, x scale"), ("cold_scale", "cold blocks, x scale"),
-                        ("cold_seams_affine", "cold blocks - seams, affine"), ("repeatability", "repeat (ceiling)")):
+                        ("cold_seams_affine", "cold blocks - seams, affine"), ("repeatability", "repeat (ceiling)"),
+                        ("repeatability_raw", "repeat, no drift correction")):
             if r.get(k):
                 lines.append(f"| {r['resolution']} | {r['precision']} | {name} | {fmt(r[k])} |")
         lines.append(f"| | | median {r['measured_ms']['median']:.3f} ms [{r['measured_ms']['min']:.3f}-"
                      f"{r['measured_ms']['max']:.3f}], held-out seed {r.get('holdout_seed')}, {r['blocks']} blocks, "
-                     f"{len(r['seams'])} seams, scale "
+                     f"{len(r['seams'])} seams, session drift {r.get('session_drift_per_100')}/100 positions, scale "
                      f"{r['correction']['a']:.4f}; load {at.get('load_before')} -> {at.get('load_after')} "
                      f"({at.get('utc', '')[:16]}) | | | | | |")
     chain = report.get("prune_chain")
@@ -343,7 +348,7 @@ def main(argv: list[str]) -> int:
                 models.setdefault(res, {})[prec] = (model, space, holdout, res)
                 r["measured_at"] = measured_at(load0, r.pop("cached"), prev_at.get((res, prec)))
                 results.append(r)
-                for k in ("model", *ABLATIONS, "repeatability"):
+                for k in ("model", *ABLATIONS, "repeatability", "repeatability_raw"):
                     print(f"  {k:18s} {json.dumps(r[k])}", flush=True)
         chain = None
         if args.prune and models:

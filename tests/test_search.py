@@ -345,3 +345,12 @@ def test_accuracy_predictor_ranks_a_learnable_target_and_not_noise():
     noise = accuracy_predictor(space, configs, list(rng.permutation(acc)), seed=0)
     assert abs(noise["kendall_tau"]) < 0.3
     assert accuracy_predictor(space, configs[:5], list(acc[:5]))["kendall_tau"] is None
+
+
+def test_session_drift_is_recovered_from_repeated_sessions():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(1, 3, 10)
+    pos = np.stack([rng.permutation(200)[:10], rng.permutation(200)[:10]]).astype(float)
+    ms = true * np.exp(-2e-4 * pos) * np.exp(rng.normal(0, 0.002, pos.shape))
+    assert lat.session_drift(ms, pos) == pytest.approx(-2e-4, rel=0.15)
+    assert lat.session_drift(ms[:1], pos[:1]) == 0.0  # one session per net: nothing to compare

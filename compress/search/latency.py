@@ -35,6 +35,7 @@ class LatencyModel:
     seams: dict[str, float] = field(default_factory=dict)  # seam key -> ms a block boundary overcounts
     pairs: dict[str, dict[str, Any]] = field(default_factory=dict)  # seam key -> {blocks, p50_ms, cold_ms}
     block_stat: str = "p50"  # which statistic the entries ("ms") and seams are: "cold" | "p50"
+    drift: float = 0.0  # per-session-position drift (log scale) the timings were corrected for
     correction: str = "affine"  # "scale" (b = 0) | "affine": how a, b were fitted
     a: float = 1.0
     b: float = 0.0
@@ -157,7 +158,9 @@ def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: 
       :class:`~compress.search.pruned.PrunedView` needs the pruned network).
     * ``repeats`` > 1 times every calibration and held-out network in that many sessions of the same
       measurement: ``measured_ms`` is their mean, ``measured_reps`` each one (their disagreement is the
-      measurement's own repeatability).
+      measurement's own repeatability). With repeats, the calibration networks' sessions also give the
+      drift with the order sessions were opened in (:func:`session_drift`); every timing is corrected for
+      it (``raw_reps``: before).
     * ``shuffle`` (a seed; None: off) puts the sessions in a random order: with hundreds of sessions in one
       process the order they are created in shifts a network's time by a few percent (memory placement),
       which must not line up with blocks / calibration / held-out.
@@ -183,19 +186,24 @@ def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: 
     network = network or (lambda c, folder, i: recipe_artifact(space.recipe(c), input_shape, folder, seed=i))
     arts += [prepare(network(c, work_dir / f"net{i:04d}", i)) for i, c in enumerate(nets)] * repeats  # a repeat: the same file, its own session
     order = list(range(len(arts))) if shuffle is None else [int(i) for i in np.random.default_rng(shuffle).permutation(len(arts))]
-    stats = [None] * len(arts)
-    for i, st in zip(order, measure([arts[i] for i in order])):
-        stats[i] = st
-    stat = {"p50": lambda st: st.p50_ms, "cold": cold_ms}
-    table = {b.key: {"ms": stat[block_stat](stats[i]), "p50_ms": stats[i].p50_ms, "cold_ms": cold_ms(stats[i]),
-                     **block_counts(b)} for i, b in enumerate(blocks)}
-    pair_stats = {k: stats[len(blocks) + j] for j, k in enumerate(pairs)}
-    model = LatencyModel(kind="table", table=table, correction=correction, block_stat=block_stat,
-                         pairs={k: {"blocks": [a.key, b.key], "p50_ms": st.p50_ms, "cold_ms": cold_ms(st)}
-                                for (k, (a, b)), st in zip(pairs.items(), pair_stats.values())})
+    stats, pos = [None] * len(arts), np.zeros(len(arts))
+    for k, (i, st) in enumerate(zip(order, measure([arts[i] for i in order]))):
+        stats[i], pos[i] = st, k
+    first = len(blocks) + len(pairs)
+    p50 = np.asarray([st.p50_ms for st in stats])
+    cal = slice(0, len(calibration))
+    drift = session_drift(p50[first:].reshape(repeats, len(nets))[:, cal], pos[first:].reshape(repeats, len(nets))[:, cal])
+    fix = np.exp(-drift * (pos - pos.mean()))  # every session moved to the average position
+    p50, cold = p50 * fix, np.asarray([cold_ms(st) for st in stats]) * fix
+    val = {"p50": p50, "cold": cold}[block_stat]
+    table = {b.key: {"ms": float(val[i]), "p50_ms": float(p50[i]), "cold_ms": float(cold[i]), **block_counts(b)}
+             for i, b in enumerate(blocks)}
+    model = LatencyModel(kind="table", table=table, correction=correction, block_stat=block_stat, drift=drift,
+                         pairs={k: {"blocks": [a.key, b.key], "p50_ms": float(p50[len(blocks) + j]),
+                                    "cold_ms": float(cold[len(blocks) + j])} for j, (k, (a, b)) in enumerate(pairs.items())})
     model.seams = model.seams_from_pairs()
     first = len(blocks) + len(pairs)
-    net_ms = np.asarray([st.p50_ms for st in stats[first:]]).reshape(repeats, len(nets))
+    net_ms, raw_ms = p50[first:].reshape(repeats, len(nets)), (p50 / fix)[first:].reshape(repeats, len(nets))
     cal_rows = [{"config": c, "sum_ms": model.raw(space, c), "base_ms": model.base(space, c),
                  "measured_ms": float(net_ms[:, i].mean()), "measured_reps": [float(v) for v in net_ms[:, i]]}
                 for i, c in enumerate(calibration)]
@@ -204,8 +212,26 @@ def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: 
     model.calibration = cal_rows
     rows = [{"config": c, "predicted_ms": model.predict(space, c), "sum_ms": model.raw(space, c),
              "base_ms": model.base(space, c), "measured_ms": float(net_ms[:, len(calibration) + i].mean()),
-             "measured_reps": [float(v) for v in net_ms[:, len(calibration) + i]]} for i, c in enumerate(holdout)]
+             "measured_reps": [float(v) for v in net_ms[:, len(calibration) + i]],
+             "raw_reps": [float(v) for v in raw_ms[:, len(calibration) + i]]} for i, c in enumerate(holdout)]
     return model, rows
+
+
+def session_drift(ms, position) -> float:
+    """How a session's time moves with the order it was opened in (log scale, per position), from networks
+    timed in several sessions each (``ms``, ``position``: shape (repeats, networks); the build passes the
+    calibration networks only). With hundreds of sessions in one process, the same file ran up to several
+    percent faster in a later-opened session on the 2-core EPYC (memory placement). Least squares through
+    the origin of log(session a / session b) on (position a - position b); 0 without repeats."""
+    import numpy as np
+
+    ms, position = np.asarray(ms, float), np.asarray(position, float)
+    if ms.ndim != 2 or ms.shape[0] < 2 or ms.shape[1] < 1:
+        return 0.0
+    pairs = list(itertools.combinations(range(ms.shape[0]), 2))
+    ls = np.concatenate([np.log(ms[a] / ms[b]) for a, b in pairs])
+    dp = np.concatenate([position[a] - position[b] for a, b in pairs])
+    return float(np.sum(ls * dp) / np.sum(dp * dp)) if np.sum(dp * dp) > 0 else 0.0
 
 
 def cold_ms(stats) -> float:
