@@ -57,6 +57,8 @@ class LatencyModelConfig(_Strict):
     timing: TimingPolicy | None = Field(None, description="Timing policy of the table (default: the target's).")
     calibration_networks: int = Field(8, ge=0, le=10, description="Whole subnets timed with the blocks for the "
                                       "correction (at most 10).")
+    repeats: int = Field(2, ge=1, le=4, description="Sessions per calibration subnet in the table's measurement "
+                         "(mean; with 2+ the drift with session opening order is estimated and corrected).")
     correction: Literal["scale", "affine"] = Field(
         "scale", description="Fit of the (sum of blocks - seams) to the calibration subnets: 'scale' (one "
         "parameter, median ratio; robust with few nets) or 'affine' (a * x + b, least squares).")
@@ -311,7 +313,8 @@ class SearchNAS(Stage):
             kind = "table" if space.blocks(space.largest()) else "learned"
         # the same calibration subnets whatever the search seed (one table), spread over the latency range
         nets = lat.calibration_configs(space, cfg.calibration_networks if kind == "table" else cfg.learned_networks)
-        key = cache_key(step="search-latency-model", rule="seams", correction=cfg.correction, kind=kind, space=space.origin, nets=[space.key(c) for c in nets],
+        key = cache_key(step="search-latency-model", rule="seams-cold-drift", correction=cfg.correction,
+                        repeats=cfg.repeats, kind=kind, space=space.origin, nets=[space.key(c) for c in nets],
                         timing=(cfg.timing or target.timing).model_dump(mode="json"), fp=target_fp,
                         baseline=artifact.hash)
         hit = ctx.measure.cache.get_json(key)
@@ -328,11 +331,12 @@ class SearchNAS(Stage):
 
         if kind == "table":
             model, _ = lat.build(space, measure, scratch / "table", input_shape=artifact.input_shape,
-                                 calibration=nets, correction=cfg.correction, log=ctx.log)
+                                 calibration=nets, correction=cfg.correction, repeats=cfg.repeats, log=ctx.log)
             cal = model.calibration
             fit = lat.validate([model.a * r["base_ms"] + model.b for r in cal], [r["measured_ms"] for r in cal])
             raw = lat.validate([r["sum_ms"] for r in cal], [r["measured_ms"] for r in cal])
             facts = {"kind": "table", "blocks": len(model.table), "seams": len(model.seams),
+                     "block_stat": model.block_stat, "session_drift": model.drift,
                      "correction": {"kind": model.correction, "a": model.a, "b": model.b},
                      "calibration_networks": len(cal), "plain_sum_on_calibration": raw,
                      "corrected_on_calibration": fit}
