@@ -216,7 +216,7 @@ def test_latency_sum_rule_on_a_synthetic_runtime(tmp_path, synthetic_runtime):
     assert set(model.seams) and all(v == pytest.approx(CALL_OVERHEAD_S * 1e3, abs=1e-3) for v in model.seams.values())
     assert fitted["mape_pct"] < 1.0 and fitted["mape_pct"] < plain["mape_pct"]
     assert fitted["kendall_tau"] > 0.9
-    assert model.correction == "scale" and model.b == 0 and model.a == pytest.approx(1.0, abs=0.02)
+    assert model.correction == "affine" and model.a == pytest.approx(1.0, abs=0.05)
     # MACs/params are sums over blocks and match the extracted model's parameter count
     c = holdout[0]
     params = sum(p.numel() for p in space.extract(space.supernet(), c).parameters())

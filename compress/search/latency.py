@@ -145,7 +145,7 @@ Measure = Callable[[list["Artifact"]], list[Any]]  # artifacts -> LatencyStats (
 
 def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: tuple[int, ...],
           calibration: list[Config], holdout: list[Config] = (), prepare: Callable[["Artifact"], "Artifact"] | None = None,
-          repeats: int = 1, seams: bool = True, correction: str = "scale", block_stat: str = "cold",
+          repeats: int = 1, seams: bool = True, correction: str = "affine", block_stat: str = "cold",
           shuffle: int | None = 0, network: Callable[[Config, Path, int], "Artifact"] | None = None,
           log: Callable[[str], None] = lambda m: None) -> tuple[LatencyModel, list[dict[str, Any]]]:
     """Time every block, one pair of blocks per seam (``seams``), the ``calibration`` networks (<= 10, for
@@ -247,7 +247,7 @@ def cold_ms(stats) -> float:
     return float(np.median(list(first.values())))
 
 
-def fit_correction(predicted: list[float], measured: list[float], correction: str = "scale") -> tuple[float, float]:
+def fit_correction(predicted: list[float], measured: list[float], correction: str = "affine") -> tuple[float, float]:
     """``(a, b)`` with ``measured ~ a * predicted + b``: ``"scale"``: b = 0, a = median ratio (one parameter,
     robust to one noisy network); ``"affine"``: :func:`fit_affine`."""
     import numpy as np

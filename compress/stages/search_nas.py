@@ -60,8 +60,8 @@ class LatencyModelConfig(_Strict):
     repeats: int = Field(2, ge=1, le=4, description="Sessions per calibration subnet in the table's measurement "
                          "(mean; with 2+ the drift with session opening order is estimated and corrected).")
     correction: Literal["scale", "affine"] = Field(
-        "scale", description="Fit of the (sum of blocks - seams) to the calibration subnets: 'scale' (one "
-        "parameter, median ratio; robust with few nets) or 'affine' (a * x + b, least squares).")
+        "affine", description="Fit of the (sum of blocks - seams) to the calibration subnets: 'affine' (a * x + b, "
+        "least squares, replaced by the scale when that fits the subnets no worse) or 'scale' (median ratio).")
     predictor: Literal["auto", "table", "learned"] = Field(
         "auto", description="'table': sum of blocks - seams, corrected; 'learned': ridge on the encoding from measured "
         "subnets; 'auto': the table when the space has blocks.")
