@@ -26,7 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks" / "pretrained"
-PIPELINES = ["efficientnet-lite0-ptq", "efficientnet-lite0-ptq-full-range", "efficientnet-lite0-ptq-percentile",
+PIPELINES = ["efficientnet-lite0-ptq", "efficientnet-lite0-ptq-full-range", "efficientnet-lite0-ptq-precise",
+             "efficientnet-lite0-ptq-percentile",
              "efficientnet-lite0-max-drop", "transformer-dynamic"]
 
 

@@ -149,3 +149,15 @@ def test_fingerprint_is_descriptive_and_hostname_free():
         assert host not in repr(fp)
     fp["cpu_flags"].append("bogus")  # callers mutating the result don't corrupt the cache
     assert "bogus" not in fingerprint()["cpu_flags"]
+
+
+def test_session_config_entries_reach_ort():
+    """session_config is a pass-through to SessionOptions.add_session_config_entry (e.g. the non-saturating
+    U8S8 kernels of x86 without VNNI); an empty one sets nothing."""
+    from compress.runtimes.onnxruntime import session_options
+
+    so = session_options(OrtTarget(name="p", session_config={"session.x64quantprecision": "1"}))
+    assert so.get_session_config_entry("session.x64quantprecision") == "1"
+    plain = session_options(OrtTarget(name="q"))
+    with pytest.raises(Exception):
+        plain.get_session_config_entry("session.x64quantprecision")

@@ -8,6 +8,10 @@ import numpy as np
 
 SIZE = 224
 PER_IMAGE = 24
+#: scikit-image's colour/grey sample photos, after scikit-learn's china.jpg and flower.jpg (in this order)
+IMAGE_FILES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+               "motorcycle_right.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "camera.png",
+               "moon.png", "coins.png", "brick.png", "grass.png", "gravel.png", "horse.png")
 
 
 def _images() -> list[np.ndarray]:
@@ -19,9 +23,7 @@ def _images() -> list[np.ndarray]:
 
     imgs = [np.asarray(i) for i in load_sample_images().images]  # china.jpg, flower.jpg
     folder = os.path.dirname(skimage.data.__file__)
-    for name in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-                 "motorcycle_right.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "camera.png",
-                 "moon.png", "coins.png", "brick.png", "grass.png", "gravel.png", "horse.png"):
+    for name in IMAGE_FILES:
         im = Image.open(os.path.join(folder, name)).convert("RGB")
         imgs.append(np.asarray(im))
     return imgs
