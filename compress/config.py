@@ -242,19 +242,6 @@ class EvaluationConfig(_Strict):
 GateMetric = Literal[metric_names()]  # the gate metric registry: compress/report/metrics.py
 
 
-_INF = float("inf")
-#: the values a gate threshold can take, per metric: (lowest, highest, what the metric is)
-GATE_RANGES: dict[str, tuple[float, float, str]] = {
-    "accuracy": (0, 100, "top-1 in percent"), "accuracy_drop": (-100, 100, "percentage points"),
-    "agreement": (0, 100, "percent"), "agreement_top5": (0, 100, "percent"),
-    "cosine": (-1, 1, "a cosine similarity"), "cosine_p1": (-1, 1, "a cosine similarity"),
-    "relative_error": (0, _INF, "a ratio"),
-    "latency_p50_ms": (0, _INF, "milliseconds"), "latency_p90_ms": (0, _INF, "milliseconds"),
-    "speedup": (0, _INF, "a ratio"), "size_mb": (0, _INF, "megabytes"), "size_ratio": (0, _INF, "a ratio"),
-    "params": (0, _INF, "a count"), "macs": (0, _INF, "a count"),
-}
-
-
 class GateConfig(_Strict):
     """A release gate: ``metric`` of ``stage`` on ``target`` must be ``<= max``, ``>= min`` or, for
     ``latency_p50``, regress at most ``max_regression_pct`` percent.
@@ -291,7 +278,8 @@ class GateConfig(_Strict):
             rel = ", ".join(m.name for m in METRICS.values() if m.relative)
             raise ValueError(f"against: compares relative metrics ({rel}), not '{self.metric}'")
         if self.max is not None or self.min is not None:
-            lo, hi, unit = GATE_RANGES.get(self.metric, (-_INF, _INF, ""))
+            metric = METRICS[self.metric]
+            (lo, hi), unit = metric.bounds, metric.kind
             bound, value = ("max", self.max) if self.max is not None else ("min", self.min)
             if not (lo <= value <= hi):
                 raise ValueError(f"{bound}: {value:g} is out of range for {self.metric} ({unit}: {lo:g} to {hi:g})")

@@ -20,6 +20,11 @@ from compress.evaluation import FIDELITY
 if TYPE_CHECKING:  # pragma: no cover
     from compress.report.model import Measurement, StageRecord
 
+_INF = float("inf")
+#: fidelity metric -> (bounds, kind) for gate thresholds
+_FIDELITY_BOUNDS = {"agreement": ((0, 100), "percent"), "agreement_top5": ((0, 100), "percent"),
+                    "cosine": ((-1, 1), "a cosine similarity"), "cosine_p1": ((-1, 1), "a cosine similarity"),
+                    "relative_error": ((0, _INF), "a ratio")}
 Value = Callable[["StageRecord", "Measurement | None", "StageRecord", "Measurement | None"], "float | None"]
 
 
@@ -35,6 +40,9 @@ class Metric:
     quantile: float = 0.5
     #: compared with a reference (the baseline, or ``against:``), so ``against`` applies
     relative: bool = False
+    #: the values a gate threshold can take, and what they are (config validation reads it)
+    bounds: tuple[float, float] = (-_INF, _INF)
+    kind: str = ""
 
 
 def _acc_drop(rec, m, ref, rm):
@@ -68,25 +76,32 @@ def _regression_pct(rec, m, ref, rm):
 
 METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("accuracy", "%", "top-1 accuracy of the exported artifact in the target runtime",
-           lambda rec, m, ref, rm: m.accuracy if m else None),
+           lambda rec, m, ref, rm: m.accuracy if m else None, bounds=(0, 100), kind="top-1 in percent"),
     Metric("accuracy_drop", "points", "top-1 points lost vs the reference (baseline, or `against`)",
-           _acc_drop, relative=True),
-    *[Metric(name, "%" if name.startswith("agreement") else "", f"{doc.rstrip('.')} ({'higher' if higher else 'lower'} is better)", _fidelity(name), relative=True)
+           _acc_drop, relative=True, bounds=(-100, 100), kind="percentage points"),
+    *[Metric(name, "%" if name.startswith("agreement") else "", f"{doc.rstrip('.')} ({'higher' if higher else 'lower'} is better)", _fidelity(name), relative=True,
+             bounds=_FIDELITY_BOUNDS[name][0], kind=_FIDELITY_BOUNDS[name][1])
       for name, (higher, doc) in FIDELITY.items()],  # compress/evaluation.py
     Metric("latency_p50_ms", "ms", "median latency",
-           lambda rec, m, ref, rm: m.latency.p50_ms if m and m.latency else None, latency="quantile"),
+           lambda rec, m, ref, rm: m.latency.p50_ms if m and m.latency else None, latency="quantile",
+           bounds=(0, _INF), kind="milliseconds"),
     Metric("latency_p90_ms", "ms", "90th-percentile latency",
-           lambda rec, m, ref, rm: m.latency.p90_ms if m and m.latency else None, latency="quantile", quantile=0.9),
+           lambda rec, m, ref, rm: m.latency.p90_ms if m and m.latency else None, latency="quantile", quantile=0.9,
+           bounds=(0, _INF), kind="milliseconds"),
     Metric("latency_p50", "%", "latency regression vs the reference in percent, (time / reference time - 1) * 100 "
            "from paired interleaved rounds; use with max_regression_pct", _regression_pct, latency="paired",
            relative=True),
     Metric("speedup", "x", "reference time / this time, median of paired interleaved rounds", _speedup,
-           latency="paired", relative=True),
-    Metric("size_mb", "MB", "deployable file size", lambda rec, m, ref, rm: rec.artifact.size_bytes / 1e6),
+           latency="paired", relative=True, bounds=(0, _INF), kind="a ratio"),
+    Metric("size_mb", "MB", "deployable file size", lambda rec, m, ref, rm: rec.artifact.size_bytes / 1e6,
+           bounds=(0, _INF), kind="megabytes"),
     Metric("size_ratio", "", "file size / reference file size",
-           lambda rec, m, ref, rm: rec.artifact.size_bytes / ref.artifact.size_bytes, relative=True),
-    Metric("params", "", "parameter count", lambda rec, m, ref, rm: rec.artifact.params),
-    Metric("macs", "", "multiply-accumulates per inference", lambda rec, m, ref, rm: rec.artifact.macs),
+           lambda rec, m, ref, rm: rec.artifact.size_bytes / ref.artifact.size_bytes, relative=True,
+           bounds=(0, _INF), kind="a ratio"),
+    Metric("params", "", "parameter count", lambda rec, m, ref, rm: rec.artifact.params, bounds=(0, _INF),
+           kind="a count"),
+    Metric("macs", "", "multiply-accumulates per inference", lambda rec, m, ref, rm: rec.artifact.macs,
+           bounds=(0, _INF), kind="a count"),
 ]}
 
 
