@@ -151,6 +151,7 @@ def run_one(res: int, prec: str, n_holdout: int, work: Path, cache_dir: Path, ti
     meas = [r["measured_ms"] for r in rows]
     out = {"resolution": res, "precision": prec, "holdout_seed": res if seed is None else seed,
            "blocks": len(model.table), "seams": model.seams, "block_stat": model.block_stat,
+           "block_stat_selection": model.selection,
            "session_drift_per_100": round(model.drift * 100, 5),
            "repeatability_raw": lat.validate([r["raw_reps"][0] for r in rows], [r["raw_reps"][1] for r in rows]),
            "calibration_networks": len(model.calibration),
@@ -166,9 +167,10 @@ def run_one(res: int, prec: str, n_holdout: int, work: Path, cache_dir: Path, ti
 ABLATIONS = {  # name: (block statistic, seams?, correction)
     "plain_sum": ("p50", False, None),                 # the p50 table, no correction
     "plain_sum_affine": ("p50", False, "affine"),      # the last session's model
-    "p50_seams_scale": ("p50", True, "scale"),         # seams on the back-to-back (warm) timings
-    "cold_scale": ("cold", False, "scale"),            # cold entries, no seams
-    "cold_seams_scale": ("cold", True, "scale"),       # the model with one scale (chosen before seed 7)
+    "p50_seams_affine": ("p50", True, "affine"),       # the model with the p50 entries
+    "cold_seams_affine": ("cold", True, "affine"),     # the model with the cold entries
+    "cold_seams_scale": ("cold", True, "scale"),       # one scale (the choice before the seed-7 development set)
+    "cold_affine": ("cold", False, "affine"),          # no seams
 }
 
 
@@ -265,9 +267,10 @@ def render(report: dict) -> list[str]:
              "block, one pair of adjacent blocks per seam, the 10 calibration subnets (smallest to largest, "
              "`latency.calibration_configs`: the only nets any correction is fitted on) and 50 held-out random "
              "subnets (seed in the row), every network in two sessions (truth = their mean p50). Model = (sum of "
-             "the blocks' *cold* timings - the seams between them) then an affine fit on the calibration nets "
-             "(guarded: a pure scale when that fits them no worse); a cold timing is a block's first call in each interleaving round, right after "
-             "the other sessions ran (`latency.cold_ms`). Every timing is corrected for the drift with the order "
+             "the blocks' timings - the seams between them) then an affine fit on the calibration nets "
+             "(guarded: a pure scale when that fits them no worse). A block's timing is its *cold* one (its first "
+             "call in each interleaving round, right after the other sessions ran, `latency.cold_ms`) or its p50, "
+             "whichever predicts the calibration nets better leave-one-out (`latency.loo_mape`). Every timing is corrected for the drift with the order "
              "sessions were opened in, estimated from the calibration nets' two sessions only "
              "(`latency.session_drift`). 'Repeat' = session 1 of each held-out net as a prediction of session 2: "
              "the measurement's own ceiling (its truth is one session, the model's the mean of two).", "",
@@ -275,16 +278,18 @@ def render(report: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         at = r.get("measured_at", {})
-        for k, name in (("model", "**model: cold blocks - seams, affine**"), ("plain_sum", "p50 blocks, plain sum"),
+        for k, name in (("model", "**model: blocks - seams, affine**"), ("plain_sum", "p50 blocks, plain sum"),
                         ("plain_sum_affine", "p50 plain sum + affine (last session's model)"),
-                        ("p50_seams_scale", "p50 blocks - seams, x scale"), ("cold_scale", "cold blocks, x scale"),
-                        ("cold_seams_scale", "cold blocks - seams, x scale"), ("repeatability", "repeat (ceiling)"),
-                        ("repeatability_raw", "repeat, no drift correction")):
+                        ("p50_seams_affine", "p50 blocks - seams, affine"),
+                        ("cold_seams_affine", "cold blocks - seams, affine"),
+                        ("cold_seams_scale", "cold blocks - seams, x scale"), ("cold_affine", "cold blocks, affine"),
+                        ("repeatability", "repeat (ceiling)"), ("repeatability_raw", "repeat, no drift correction")):
             if r.get(k):
                 lines.append(f"| {r['resolution']} | {r['precision']} | {name} | {fmt(r[k])} |")
         lines.append(f"| | | median {r['measured_ms']['median']:.3f} ms [{r['measured_ms']['min']:.3f}-"
                      f"{r['measured_ms']['max']:.3f}], held-out seed {r.get('holdout_seed')}, {r['blocks']} blocks, "
-                     f"{len(r['seams'])} seams, session drift {r.get('session_drift_per_100')}/100 positions, scale "
+                     f"{len(r['seams'])} seams, block timings {r['block_stat']} (leave-one-out MAPE on the calibration nets "
+                     f"{r.get('block_stat_selection', {}).get('loo_mape_pct')}), session drift {r.get('session_drift_per_100')}/100 positions, scale "
                      f"{r['correction']['a']:.4f}; load {at.get('load_before')} -> {at.get('load_after')} "
                      f"({at.get('utc', '')[:16]}) | | | | | |")
     chain = report.get("prune_chain")

@@ -354,3 +354,11 @@ def test_session_drift_is_recovered_from_repeated_sessions():
     ms = true * np.exp(-2e-4 * pos) * np.exp(rng.normal(0, 0.002, pos.shape))
     assert lat.session_drift(ms, pos) == pytest.approx(-2e-4, rel=0.15)
     assert lat.session_drift(ms[:1], pos[:1]) == 0.0  # one session per net: nothing to compare
+
+
+def test_leave_one_out_error_of_the_correction():
+    exact = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert lat.loo_mape(exact, [0.8 * x + 0.1 for x in exact], "affine") == pytest.approx(0.0, abs=1e-9)
+    bent = [0.8 * x + 0.1 + (0.3 if i == 2 else 0.0) for i, x in enumerate(exact)]
+    assert lat.loo_mape(exact, bent, "affine") > 1.0  # the odd network is predicted by the others' fit
+    assert lat.loo_mape(exact[:2], bent[:2], "affine") is None

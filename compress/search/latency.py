@@ -36,6 +36,7 @@ class LatencyModel:
     pairs: dict[str, dict[str, Any]] = field(default_factory=dict)  # seam key -> {blocks, p50_ms, cold_ms}
     block_stat: str = "p50"  # which statistic the entries ("ms") and seams are: "cold" | "p50"
     drift: float = 0.0  # per-session-position drift (log scale) the timings were corrected for
+    selection: dict[str, Any] = field(default_factory=dict)  # how block_stat was chosen (leave-one-out MAPEs)
     correction: str = "affine"  # "scale" (b = 0) | "affine": how a, b were fitted
     a: float = 1.0
     b: float = 0.0
@@ -84,7 +85,8 @@ class LatencyModel:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "table": self.table, "seams": self.seams, "pairs": self.pairs,
-                "block_stat": self.block_stat, "correction": self.correction,
+                "block_stat": self.block_stat, "drift": self.drift, "selection": self.selection,
+                "correction": self.correction,
                 "a": self.a, "b": self.b, "ridge": self.ridge, "calibration": self.calibration}
 
     @classmethod
@@ -145,7 +147,7 @@ Measure = Callable[[list["Artifact"]], list[Any]]  # artifacts -> LatencyStats (
 
 def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: tuple[int, ...],
           calibration: list[Config], holdout: list[Config] = (), prepare: Callable[["Artifact"], "Artifact"] | None = None,
-          repeats: int = 1, seams: bool = True, correction: str = "affine", block_stat: str = "cold",
+          repeats: int = 1, seams: bool = True, correction: str = "affine", block_stat: str = "auto",
           shuffle: int | None = 0, network: Callable[[Config, Path, int], "Artifact"] | None = None,
           log: Callable[[str], None] = lambda m: None) -> tuple[LatencyModel, list[dict[str, Any]]]:
     """Time every block, one pair of blocks per seam (``seams``), the ``calibration`` networks (<= 10, for
@@ -164,16 +166,18 @@ def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: 
     * ``shuffle`` (a seed; None: off) puts the sessions in a random order: with hundreds of sessions in one
       process the order they are created in shifts a network's time by a few percent (memory placement),
       which must not line up with blocks / calibration / held-out.
-    * ``block_stat``: what a block's (and a pair's) entry is: ``"cold"`` (default), :func:`cold_ms`, its
-      call right after the other sessions ran, as in a network where the other blocks run in between and
-      evict its weights; ``"p50"``, the median of all its calls (back to back: its weights stay in cache).
+    * ``block_stat``: what a block's (and a pair's) entry is: ``"cold"``, :func:`cold_ms`, its call right
+      after the other sessions ran, as in a network where the other blocks evict its weights; ``"p50"``,
+      the median of all its calls (back to back: its weights stay in cache); ``"auto"`` (default): the one
+      whose corrected sum predicts the calibration networks better, leave-one-out (:func:`loo_mape`): on
+      the 2-core EPYC cold won at 32x32 (weight-bound sub-ms blocks), p50 at 224x224 (compute-bound).
       Networks are always their p50 (a network run repeatedly is the deployment)."""
     import numpy as np
 
     if len(calibration) > 10:
         raise ValueError("the correction is fitted on at most 10 measured networks")
-    if correction not in ("scale", "affine") or block_stat not in ("cold", "p50"):
-        raise ValueError(f"correction must be 'scale' or 'affine' ('{correction}'), block_stat 'cold' or 'p50' "
+    if correction not in ("scale", "affine") or block_stat not in ("auto", "cold", "p50"):
+        raise ValueError(f"correction must be 'scale' or 'affine' ('{correction}'), block_stat auto, cold or p50 "
                          f"('{block_stat}')")
     prepare = prepare or (lambda a: a)
     blocks = all_blocks(space)
@@ -195,26 +199,46 @@ def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: 
     drift = session_drift(p50[first:].reshape(repeats, len(nets))[:, cal], pos[first:].reshape(repeats, len(nets))[:, cal])
     fix = np.exp(-drift * (pos - pos.mean()))  # every session moved to the average position
     p50, cold = p50 * fix, np.asarray([cold_ms(st) for st in stats]) * fix
-    val = {"p50": p50, "cold": cold}[block_stat]
-    table = {b.key: {"ms": float(val[i]), "p50_ms": float(p50[i]), "cold_ms": float(cold[i]), **block_counts(b)}
+    table = {b.key: {"ms": float(p50[i]), "p50_ms": float(p50[i]), "cold_ms": float(cold[i]), **block_counts(b)}
              for i, b in enumerate(blocks)}
-    model = LatencyModel(kind="table", table=table, correction=correction, block_stat=block_stat, drift=drift,
+    model = LatencyModel(kind="table", table=table, correction=correction, block_stat="p50", drift=drift,
                          pairs={k: {"blocks": [a.key, b.key], "p50_ms": float(p50[len(blocks) + j]),
                                     "cold_ms": float(cold[len(blocks) + j])} for j, (k, (a, b)) in enumerate(pairs.items())})
-    model.seams = model.seams_from_pairs()
+    if not seams:
+        model.pairs = {}
     first = len(blocks) + len(pairs)
     net_ms, raw_ms = p50[first:].reshape(repeats, len(nets)), (p50 / fix)[first:].reshape(repeats, len(nets))
-    cal_rows = [{"config": c, "sum_ms": model.raw(space, c), "base_ms": model.base(space, c),
-                 "measured_ms": float(net_ms[:, i].mean()), "measured_reps": [float(v) for v in net_ms[:, i]]}
-                for i, c in enumerate(calibration)]
-    model.a, model.b = fit_correction([r["base_ms"] for r in cal_rows], [r["measured_ms"] for r in cal_rows],
-                                      correction)
+    cal_ms = [float(net_ms[:, i].mean()) for i in range(len(calibration))]
+    loo = {}
+    for stat in ("cold", "p50") if block_stat == "auto" else (block_stat,):
+        loo[stat] = loo_mape([model.restat(stat).base(space, c) for c in calibration], cal_ms, correction)
+    model = model.restat(min(loo, key=lambda k: (float("inf") if loo[k] is None else loo[k], k != "p50")))  # tie: p50
+    model.selection = {"block_stat": block_stat, "loo_mape_pct": loo}
+    cal_rows = [{"config": c, "sum_ms": model.raw(space, c), "base_ms": model.base(space, c), "measured_ms": m,
+                 "measured_reps": [float(v) for v in net_ms[:, i]]} for i, (c, m) in enumerate(zip(calibration, cal_ms))]
+    model.a, model.b = fit_correction([r["base_ms"] for r in cal_rows], cal_ms, correction)
     model.calibration = cal_rows
     rows = [{"config": c, "predicted_ms": model.predict(space, c), "sum_ms": model.raw(space, c),
              "base_ms": model.base(space, c), "measured_ms": float(net_ms[:, len(calibration) + i].mean()),
              "measured_reps": [float(v) for v in net_ms[:, len(calibration) + i]],
              "raw_reps": [float(v) for v in raw_ms[:, len(calibration) + i]]} for i, c in enumerate(holdout)]
     return model, rows
+
+
+def loo_mape(predicted: list[float], measured: list[float], correction: str) -> float | None:
+    """Leave-one-out MAPE (%) of ``fit_correction`` on (predicted, measured) pairs: each network predicted
+    by the correction fitted on the others (None below 3 networks)."""
+    import numpy as np
+
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    if len(p) < 3:
+        return None
+    err = []
+    for j in range(len(p)):
+        keep = np.arange(len(p)) != j
+        a, b = fit_correction(list(p[keep]), list(m[keep]), correction)
+        err.append(abs(a * p[j] + b - m[j]) / m[j])
+    return round(float(np.mean(err)) * 100, 4)
 
 
 def session_drift(ms, position) -> float:
