@@ -12,6 +12,9 @@ Runtime runs as integer kernels, and for max_drop which blocks stayed float and 
   of 18 real photos (scikit-learn and scikit-image samples), the default quantize.ptq chain
   (reduce_range auto: true on x86 without VNNI);
 - efficientnet-lite0-ptq-full-range: the same with reduce_range: false (the previous default);
+- efficientnet-lite0-ptq-precise: reduce_range: false on a target with session.x64quantprecision (ORT's
+  non-saturating U8S8 kernels);
+- efficientnet-lite0-ptq-percentile: calibration_method: percentile;
 - efficientnet-lite0-max-drop: quantize.ptq with max_drop: 5 (points of top-1 agreement with FP32);
 - transformer-dynamic: quantize.dynamic on the zoo's row-token transformer trained on digits.
 """
@@ -70,7 +73,7 @@ def markdown(rows: list[dict]) -> str:
     lines = ["# INT8 fidelity on real models, no labels (issue 7)", "",
              f"CPU: {rows[0]['cpu']} (flags: {', '.join(rows[0]['cpu_flags'])}); ONNX Runtime, 1 thread, batch 1, "
              "graph optimization all; speed-up = paired per-round median, interleaved with FP32 "
-             "(95% interval). The box was shared and loaded (1-min load average in the table).", "",
+             "(95% interval). 1-min load average of the 2-core box in the table.", "",
              "| pipeline | agree top-1 % | top-5 % | cosine | worst 1% cos | rel. err | speed-up [95%] | p50 ms FP32 -> INT8 | "
              "INT8 / all compute layers (ORT) | load |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -93,7 +96,9 @@ def markdown(rows: list[dict]) -> str:
         for g in r["gates"]:
             lines.append(f"  - gate {g['metric']} {g['op']} {g['threshold']}: {g['observed']} "
                          f"({'PASS' if g['passed'] else 'FAIL'})")
-    lines += ["", "Command: `python benchmarks/pretrained.py`; per-run reports in `runs/<pipeline>/`."]
+    lines += ["", "Why no INT8 variant is both fast and faithful on this CPU (weight rounding alone, saturation, "
+              "near-tie inputs): `reports/pretrained_anatomy.md` (`python benchmarks/pretrained_anatomy.py`).",
+              "", "Command: `python benchmarks/pretrained.py`; per-run reports in `runs/<pipeline>/`."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,7 @@
 """Where EfficientNet-Lite0's INT8 error comes from on an AVX2 CPU (no VNNI): the analysis behind issue 7.
 
     pip install -e ".[bench]"
-    python benchmarks/pretrained_anatomy.py          # ~6 min on 2 cores; writes reports/pretrained_anatomy.md/.json
+    python benchmarks/pretrained_anatomy.py          # ~2 min on 2 cores; writes reports/pretrained_anatomy.md/.json
 
 Same model and photos as benchmarks/pretrained/ (EfficientNet-Lite0 with its shipped ImageNet weights;
 432 crops of 18 real photos, first 128 of a seeded permutation calibrate, the other 304 evaluate). Every
