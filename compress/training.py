@@ -118,6 +118,7 @@ def train(
     clock: Callable[[], float] = time.monotonic,
     checkpoint: "Path | None" = None,
     checkpoint_every: int = 0,
+    cache_teacher: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``dataset``'s ``split``; return a small history for the report.
 
@@ -135,6 +136,10 @@ def train(
     and RNG state every that many steps (atomically); a later call with the same arguments finds the file
     and resumes from it, so a killed training continues where it stopped (to the same weights). The file is
     read with ``torch.load(weights_only=True)`` and removed when training ends.
+
+    KD over more than one epoch computes the teacher's outputs on the training split once (``cache_teacher``;
+    the loop does not augment, so a sample's teacher output never changes) instead of once per step: the same
+    losses up to float rounding, for one teacher pass instead of one per epoch.
     """
     import torch
     import torch.nn.functional as F
@@ -166,6 +171,8 @@ def train(
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.schedule == "cosine" else None
             if teacher is not None:
                 teacher.eval()
+            t_all = (_teacher_outputs(teacher, xs, cfg.batch_size) if use_kd and cache_teacher and step_loss is None
+                     and steps > steps_per_epoch(cfg, n) else None)
             model.train()
             start = clock()
             step, losses, stopped_early = 0, [], False
@@ -198,8 +205,11 @@ def train(
                         ce = F.cross_entropy(out, y[idx], label_smoothing=cfg.label_smoothing)
                         loss = loss + (1 - cfg.distill.alpha if use_kd else 1.0) * ce
                     if use_kd:
-                        with torch.no_grad():
-                            t_out = teacher(*xb)
+                        if t_all is not None:
+                            t_out = t_all[idx]
+                        else:
+                            with torch.no_grad():
+                                t_out = teacher(*xb)
                         loss = loss + cfg.distill.alpha * kd_loss(out, t_out, cfg.distill.temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -236,12 +246,29 @@ def train(
     hist: dict[str, Any] = {"steps": step, "planned_steps": steps, "final_loss": round(sum(tail) / len(tail), 6),
                             "seconds": round(clock() - start, 2), "stopped_early": stopped_early, "kd": use_kd,
                             "threads": used_threads}
+    if use_kd:
+        hist["teacher_outputs_cached"] = t_all is not None
     if resumed is not None:
         hist["resumed_at_step"] = resumed
     if curve:
         hist["eval_curve"] = curve
         hist["final_eval_accuracy"] = curve[-1]["accuracy"]
     return hist
+
+
+def _teacher_outputs(teacher: "torch.nn.Module", xs: list["torch.Tensor"], batch_size: int,
+                     max_bytes: int = 256 * 2**20) -> "torch.Tensor | None":
+    """The teacher's outputs on every training sample (row i: sample i), in eval mode; None when they would take
+    more than ``max_bytes`` (e.g. dense per-pixel outputs) or are not one tensor."""
+    import torch
+
+    n = len(xs[0])
+    with torch.no_grad():
+        first = teacher(*(t[:batch_size] for t in xs))
+        if not isinstance(first, torch.Tensor) or first[0].numel() * first.element_size() * n > max_bytes:
+            return None
+        rest = [teacher(*(t[i:i + batch_size] for t in xs)) for i in range(batch_size, n, batch_size)]
+    return torch.cat([first, *rest])
 
 
 def _save_checkpoint(path: "Path", state: dict[str, Any]) -> None:

@@ -146,3 +146,50 @@ def test_config_is_strict():
         TrainConfig(optimizer="adam", momentum=0.5)
     assert TrainConfig(eval_every="epoch").eval_every == "epoch"
     assert TrainConfig(eval_every=3).eval_every == 3
+
+
+def test_label_free_kd_uses_no_labels_and_label_kd_does(data):
+    """alpha 1.0 (label-free KD): shuffling the labels changes nothing, bit for bit; alpha 0.5 does."""
+    import dataclasses
+
+    import numpy as np
+
+    wrong = dataclasses.replace(data, y=np.random.default_rng(1).permutation(data.y))  # same inputs and splits
+    assert (data.split("train")[1] != wrong.split("train")[1]).any()
+    for alpha, same in ((1.0, True), (0.5, False)):
+        runs = []
+        for d in (data, wrong):
+            student = tiny(1)
+            train(student, d, cfg(steps=5, distill=DistillConfig(alpha=alpha, temperature=2.0)), teacher=tiny(0))
+            runs.append(weights(student))
+        assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0]) is same, alpha
+
+
+def test_kd_and_plain_finetune_get_the_same_budget(data):
+    """Equal budget: with and without KD the student takes the same steps on the same batches in the same order."""
+    seen: dict[str, list[torch.Tensor]] = {"kd": [], "plain": []}
+    for name, distill in (("kd", DistillConfig(alpha=0.9, temperature=4.0)), ("plain", None)):
+        student = tiny(1)
+        student.register_forward_pre_hook(lambda m, args, n=name: seen[n].append(args[0].clone()) if m.training else None)
+        hist = train(student, data, cfg(steps=9, distill=distill), teacher=tiny(0))
+        assert hist["steps"] == 9 and hist["kd"] is (distill is not None)
+    assert len(seen["kd"]) == len(seen["plain"]) == 9
+    assert all(torch.equal(a, b) for a, b in zip(seen["kd"], seen["plain"]))
+
+
+def test_kd_over_several_epochs_runs_the_teacher_once_per_sample(data):
+    """The teacher's outputs are computed once (not once per epoch) and give the weights an uncached run gives."""
+    n = len(data.splits["train"])
+    runs, seen = [], []
+    for cache in (True, False):
+        teacher = tiny(0)
+        calls: list[int] = []
+        teacher.register_forward_pre_hook(lambda m, args, c=calls: c.append(len(args[0])))
+        student = tiny(1)
+        hist = train(student, data, cfg(epochs=3, steps=None, distill=DistillConfig(alpha=0.5)), teacher=teacher,
+                     cache_teacher=cache)
+        assert hist["teacher_outputs_cached"] is cache
+        runs.append(weights(student))
+        seen.append(sum(calls))
+    assert seen[0] == n and seen[1] >= 3 * n - 32
+    assert all(torch.allclose(runs[0][k], runs[1][k], atol=1e-5) for k in runs[0])

@@ -1,0 +1,208 @@
+"""KD vs no KD at equal fine-tune budget on the same pruned model (issue 8), over several seeds.
+
+    python benchmarks/kd_vs_nokd.py                       # the table of reports/kd_vs_nokd.{md,json}
+    python benchmarks/kd_vs_nokd.py --only no_kd kd_t4_a05 --seeds 0 1 2   # a part of the sweep (resumable)
+    python benchmarks/kd_vs_nokd.py --render              # re-write the markdown from the json
+
+Every point is one ``compress run`` of a pipeline made from ``pipelines/prune.yaml`` (the zoo ResNet-18 trained at
+112x112 on digits, the same baseline, data, target) with one ``prune.structured`` stage: the same one-shot
+uniform l2 prune at ``--ratio`` of the channels (so the same pruned starting weights: importance does not
+depend on the seed), BatchNorm re-estimated, then a fine-tune that differs *only* in ``finetune.distill``
+(the settings below) and ``finetune.seed`` (the batch order). Budget, optimizer, learning rate and schedule
+are the same for every setting, and the script refuses to tabulate points whose fine-tune step counts differ.
+Accuracy is measured on the exported ONNX model in ONNX Runtime (the runner's measurement path) and in torch
+(the stage's own facts), on the 539-sample eval split. Each point is kept in reports/kd_vs_nokd.json as
+soon as it is measured (and ``compress run`` caches it in .compress-cache), so a sweep can be split into
+short runs and resumed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "runs" / "kd-vs-nokd"
+OUT = ROOT / "reports" / "kd_vs_nokd"
+
+# name -> finetune.distill (None: labels only). alpha weighs the KD term; alpha 1.0 uses no labels at all.
+SETTINGS: dict[str, dict[str, float] | None] = {
+    "no_kd": None,
+    "kd_t4_a05": {"temperature": 4.0, "alpha": 0.5},
+    "kd_t2_a05": {"temperature": 2.0, "alpha": 0.5},
+    "kd_t4_a09": {"temperature": 4.0, "alpha": 0.9},
+    "kd_t2_a09": {"temperature": 2.0, "alpha": 0.9},
+    "label_free_t4": {"temperature": 4.0, "alpha": 1.0},
+    "label_free_t2": {"temperature": 2.0, "alpha": 1.0},
+}
+
+
+def point_config(ratio: float, epochs: float, seed: int, distill: dict[str, float] | None,
+                 teacher_epochs: float | None = None) -> dict[str, Any]:
+    """The pipeline of one point: pipelines/prune.yaml's model, data and target, its prune stage at ``ratio``
+    with the fine-tune ``epochs``/``seed``/``distill`` (everything else as in prune.yaml), no gates;
+    ``teacher_epochs`` trains the baseline (the teacher) for that many epochs instead of prune.yaml's."""
+    cfg = yaml.safe_load((ROOT / "pipelines" / "prune.yaml").read_text())
+    if teacher_epochs is not None:
+        cfg["model"]["train"] = {**cfg["model"]["train"], "epochs": teacher_epochs}
+    stage = next(s for s in cfg["stages"] if s["type"] == "prune.structured")
+    ft = {**stage["config"]["finetune"], "epochs": epochs, "seed": seed, "distill": distill}
+    stage = {**stage, "config": {**stage["config"], "pruning_ratio": ratio, "finetune": ft}}
+    return {**cfg, "stages": [stage], "gates": []}
+
+
+def key(teacher_epochs: float | None, ratio: float, epochs: float, setting: str, seed: int) -> str:
+    return (f"t{teacher_epochs}-" if teacher_epochs is not None else "") + f"r{ratio}-e{epochs}-{setting}-s{seed}"
+
+
+def run_point(teacher_epochs: float | None, ratio: float, epochs: float, setting: str, seed: int) -> dict[str, Any]:
+    name = key(teacher_epochs, ratio, epochs, setting, seed)
+    cfg = point_config(ratio, epochs, seed, SETTINGS[setting], teacher_epochs)
+    cfg = {**cfg, "name": name, "output": {"dir": str(WORK / name)}}
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cmd = [sys.executable, "-m", "compress.cli", "run", "-q", str(path)]
+    print("$", " ".join(cmd[2:]), flush=True)
+    rc = subprocess.call(cmd, cwd=ROOT)
+    rep = json.loads((WORK / name / "report.json").read_text())
+    s = next(r for r in rep["stages"] if r["type"] == "prune.structured")
+    step = s["facts"]["steps"][0]
+    e = rep["environment"]
+    return {
+        "setting": setting, "distill": SETTINGS[setting], "teacher_epochs": cfg["model"]["train"]["epochs"],
+        "ratio": ratio, "epochs": epochs, "seed": seed,
+        "exit_code": rc, "finetune_steps": step["finetune"]["steps"], "lr": cfg["stages"][0]["config"]["finetune"]["lr"],
+        "kd_used": step["finetune"]["kd"], "finetune_seconds": step["finetune"]["seconds"],
+        "baseline_ort": rep["baseline"]["measurements"]["ort-cpu"]["accuracy"],
+        "baseline_torch": s["facts"].get("accuracy_before"),
+        "pruned_torch": step.get("accuracy_pruned"), "finetuned_torch": step.get("accuracy_finetuned"),
+        "finetuned_ort": s["measurements"]["ort-cpu"]["accuracy"],
+        "macs_reduction": s["facts"]["macs_reduction"],
+        "speedup_vs_fp32": s["measurements"]["ort-cpu"].get("speedup_vs_baseline"),
+        "environment": {"cpu": e.get("cpu_model"), "flags": e.get("cpu_flags"), "load_avg_1m": e.get("load_avg_1m")},
+    }
+
+
+def summarize(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (ratio, epochs): per setting the accuracy per seed, mean and std (ORT and torch), and the paired
+    difference to no_kd on the same seeds. Raises if two settings of a group differ in fine-tune steps or lr."""
+    groups: dict[str, Any] = {}
+    for p in points:
+        te = p.get("teacher_epochs", 2)
+        g = groups.setdefault(f"t{te}-r{p['ratio']}-e{p['epochs']}", {"teacher_epochs": te, "ratio": p["ratio"],
+                                                                      "epochs": p["epochs"], "settings": {}})
+        g["settings"].setdefault(p["setting"], []).append(p)
+    for g in groups.values():
+        budgets = {(p["finetune_steps"], p["lr"]) for ps in g["settings"].values() for p in ps}
+        if len(budgets) != 1:
+            raise ValueError(f"unequal fine-tune budgets in ratio {g['ratio']} epochs {g['epochs']}: {budgets}")
+        g["finetune_steps"], g["lr"] = budgets.pop()
+        base = {p["seed"]: p for p in g["settings"].get("no_kd", [])}
+        for name, ps in list(g["settings"].items()):
+            ps = sorted(ps, key=lambda p: p["seed"])
+            row: dict[str, Any] = {"distill": ps[0]["distill"], "seeds": [p["seed"] for p in ps]}
+            for m in ("finetuned_ort", "finetuned_torch"):
+                vals = [p[m] for p in ps]
+                row[m] = {"per_seed": vals, "mean": round(statistics.mean(vals), 3),
+                          "std": round(statistics.stdev(vals), 3) if len(vals) > 1 else 0.0}
+            row["pruned_torch"] = ps[0]["pruned_torch"]
+            row["baseline_ort"] = ps[0]["baseline_ort"]
+            paired = [round(p["finetuned_ort"] - base[p["seed"]]["finetuned_ort"], 4) for p in ps if p["seed"] in base]
+            if name != "no_kd" and paired:
+                row["minus_no_kd_ort"] = {"per_seed": paired, "mean": round(statistics.mean(paired), 3),
+                                          "wins": sum(d > 0 for d in paired), "ties": sum(d == 0 for d in paired),
+                                          "of": len(paired)}
+            g["settings"][name] = row
+    return groups
+
+
+def render(res: dict[str, Any]) -> str:
+    env = res.get("environment", {})
+    lines = ["# KD vs no KD at equal fine-tune budget on the same pruned ResNet-18", "",
+             f"Regenerate: `{res.get('command', 'python benchmarks/kd_vs_nokd.py')}` (raw numbers: kd_vs_nokd.json).",
+             "",
+             "Model, data, baseline and target of `pipelines/prune.yaml` (zoo ResNet-18 trained at 112x112 on "
+             "scikit-learn digits, 539-sample eval split, one sample = 0.19 points). One `prune.structured` stage: "
+             "one-shot uniform l2 channel pruning (round_to 8, head kept), BatchNorm re-estimated (the same "
+             "pruned starting weights for every setting and seed), then a fine-tune of the same number of steps, "
+             "Adam, the same lr and cosine schedule; settings differ only in `finetune.distill` (teacher: the "
+             "unpruned model) and seeds only in the batch order. KD costs one extra teacher forward pass per "
+             "step (equal steps, not equal compute). Accuracy: exported ONNX in ONNX Runtime (the runner's "
+             "measurement path); torch in parentheses.", "",
+             f"CPU: {env.get('cpu')}, flags {', '.join(env.get('flags') or [])}; load average (1 min) during the "
+             f"runs {env.get('load_min')}-{env.get('load_max')} (shared 2-core box).", ""]
+    for g in res["groups"].values():
+        st = g["settings"]
+        any_row = next(iter(st.values()))
+        lines += [f"## Teacher trained {g['teacher_epochs']} epochs; {int(g['ratio'] * 100)}% of channels pruned, "
+                  f"{g['finetune_steps']} fine-tune steps ({g['epochs']} epoch, lr {g['lr']})", "",
+                  f"Baseline (the teacher) {any_row['baseline_ort']}% (ORT); after the prune, before fine-tuning: "
+                  f"{any_row['pruned_torch']}% (torch).", "",
+                  "| setting | T | alpha | per seed % (ORT) | mean ± std (ORT) | mean (torch) | KD - no KD per seed "
+                  "(mean; wins) |", "|---|---|---|---|---|---|---|"]
+        for name, row in st.items():
+            d = row["distill"] or {}
+            o, t = row["finetuned_ort"], row["finetuned_torch"]
+            diff = row.get("minus_no_kd_ort")
+            dtxt = (f"{', '.join(f'{x:+.2f}' for x in diff['per_seed'])} ({diff['mean']:+.2f}; "
+                    f"{diff['wins']}/{diff['of']})") if diff else ""
+            lines.append(f"| {name} | {d.get('temperature', '')} | {d.get('alpha', '')} | "
+                         f"{', '.join(f'{x:.2f}' for x in o['per_seed'])} | {o['mean']:.2f} ± {o['std']:.2f} | "
+                         f"{t['mean']:.2f} | {dtxt} |")
+        lines.append("")
+    for line in res.get("notes", []):
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def load() -> dict[str, Any]:
+    f = OUT.with_suffix(".json")
+    return json.loads(f.read_text()) if f.is_file() else {"points": {}}
+
+
+def save(res: dict[str, Any]) -> None:
+    pts = list(res["points"].values())
+    res["groups"] = summarize(pts)
+    loads = [p["environment"]["load_avg_1m"] for p in pts if p["environment"].get("load_avg_1m") is not None]
+    if pts:
+        res["environment"] = {**pts[-1]["environment"], "load_min": min(loads, default=None),
+                              "load_max": max(loads, default=None)}
+        res["environment"].pop("load_avg_1m", None)
+    OUT.with_suffix(".json").write_text(json.dumps(res, indent=2))
+    OUT.with_suffix(".md").write_text(render(res))
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ratio", type=float, nargs="+", default=[0.75], help="channel pruning ratios")
+    ap.add_argument("--epochs", type=float, nargs="+", default=[1.0], help="fine-tune epochs (the budget)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--teacher-epochs", type=float, nargs="+", default=[None],
+                    help="train the baseline (teacher) this many epochs (default: as pipelines/prune.yaml)")
+    ap.add_argument("--only", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    ap.add_argument("--render", action="store_true", help="only re-write the markdown from the json")
+    ap.add_argument("--redo", action="store_true", help="re-run points already in the json")
+    a = ap.parse_args(argv)
+    res = load()
+    if not a.render:
+        grid = [(t, r, e, s, st) for t in a.teacher_epochs for r in a.ratio for e in a.epochs for s in a.seeds
+                for st in a.only]
+        for t, ratio, epochs, seed, setting in grid:
+            k = key(t, ratio, epochs, setting, seed)
+            if k in res["points"] and not a.redo:
+                continue
+            res["points"][k] = run_point(t, ratio, epochs, setting, seed)
+            save(res)
+    save(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
