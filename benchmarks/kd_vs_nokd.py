@@ -218,13 +218,23 @@ def render(res: dict[str, Any]) -> str:
         lines.append("")
     if res.get("explore"):
         lines += ["## Exploration (torch only, in one process: `--explore`)", "",
-                  "The same pruned starting weights and training loop, accuracy in torch after BatchNorm "
-                  "re-estimation (the pipeline points' torch and ORT accuracies agreed on every point above).", "",
-                  "| teacher epochs | pruned | fine-tune epochs | setting | seed | steps | before % | after % (torch) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "The same pruned starting weights, training loop and BatchNorm re-estimation; accuracy in torch "
+                  "(on every pipeline point above torch and ORT gave the same accuracy). Paired: minus no KD on the "
+                  "same seed.", "",
+                  "| teacher epochs | pruned | fine-tune epochs (steps) | setting | before % | per seed % | mean ± std "
+                  "| minus no KD per seed |", "|---|---|---|---|---|---|---|---|"]
+        rows: dict[tuple, list[dict[str, Any]]] = {}
         for v in res["explore"].values():
-            lines.append(f"| {v['teacher_epochs']} | {v['ratio']} | {v['epochs']} | {v['setting']} | {v['seed']} | "
-                         f"{v['steps']} | {v['pruned_torch']:.2f} | {v['finetuned_torch']:.2f} |")
+            rows.setdefault((v["teacher_epochs"], v["ratio"], v["epochs"], v["setting"]), []).append(v)
+        for (te, r, e, st), vs in rows.items():
+            vs = sorted(vs, key=lambda v: v["seed"])
+            accs = [v["finetuned_torch"] for v in vs]
+            base = {v["seed"]: v["finetuned_torch"] for v in rows.get((te, r, e, "no_kd"), [])}
+            diff = ", ".join(f"{v['finetuned_torch'] - base[v['seed']]:+.2f}" for v in vs if v["seed"] in base)
+            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            lines.append(f"| {te} | {r} | {e} ({vs[0]['steps']}) | {st} | {vs[0]['pruned_torch']:.2f} | "
+                         + ", ".join(f"s{v['seed']} {a:.2f}" for v, a in zip(vs, accs))
+                         + f" | {statistics.mean(accs):.2f} ± {sd:.2f} | {diff if st != 'no_kd' else ''} |")
         lines.append("")
     for line in res.get("notes", []):
         lines.append(line)
