@@ -27,11 +27,6 @@ class DistillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     temperature: float = Field(4.0, gt=0, description="Softens both distributions; the KL term is scaled by T^2.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the KD term; 1 - alpha weighs the label loss.")
-    features: list[str] = Field(default_factory=list, description="Feature distillation: module names (the same "
-                                "in teacher and student, e.g. 'layers.2') whose outputs the student matches (MSE; "
-                                "a 1x1 adapter, trained with the student and then dropped, maps the student's "
-                                "channels to the teacher's when they differ). Empty: logit KD only.")
-    feature_weight: float = Field(1.0, ge=0, description="Weight of the summed feature losses.")
 
 
 class TrainConfig(BaseModel):
@@ -149,7 +144,6 @@ def train(
     import torch
     import torch.nn.functional as F
 
-    taps = None
     x_np, y_np = dataset.split_feeds(split)
     if len(_arrays(x_np)[0]) == 0:
         raise ValueError(f"data split '{split}' is empty: give it a share in data.splits")
@@ -173,15 +167,12 @@ def train(
         with torch.random.fork_rng(devices=[]):  # seed here, leave the caller's RNG as it was
             torch.manual_seed(cfg.seed)
             g = torch.Generator().manual_seed(cfg.seed)
-            taps = (_FeatureTaps(model, teacher, cfg.distill.features, [t[:2] for t in xs])
-                    if use_kd and cfg.distill.features and step_loss is None else None)
-            opt = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad]
-                             + (list(taps.adapters.parameters()) if taps is not None else []))
+            opt = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.schedule == "cosine" else None
             if teacher is not None:
                 teacher.eval()
             t_all = (_teacher_outputs(teacher, xs, cfg.batch_size) if use_kd and cache_teacher and step_loss is None
-                     and steps > steps_per_epoch(cfg, n) and taps is None else None)
+                     and steps > steps_per_epoch(cfg, n) else None)
             model.train()
             start = clock()
             step, losses, stopped_early = 0, [], False
@@ -220,8 +211,6 @@ def train(
                             with torch.no_grad():
                                 t_out = teacher(*xb)
                         loss = loss + cfg.distill.alpha * kd_loss(out, t_out, cfg.distill.temperature)
-                    if taps is not None:
-                        loss = loss + cfg.distill.feature_weight * taps.loss()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -249,8 +238,6 @@ def train(
                     break
     finally:
         torch.set_num_threads(threads)
-        if taps is not None:
-            taps.remove()
     model.eval()
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
@@ -267,57 +254,6 @@ def train(
         hist["eval_curve"] = curve
         hist["final_eval_accuracy"] = curve[-1]["accuracy"]
     return hist
-
-
-class _FeatureTaps:
-    """Forward hooks on the named modules of student and teacher, the 1x1 adapters (student channels -> teacher
-    channels, where they differ) and the feature loss: the mean over layers of MSE(adapter(student), teacher)."""
-
-    def __init__(self, student: "torch.nn.Module", teacher: "torch.nn.Module", names: list[str], example: list):
-        import torch
-
-        self.s: dict[str, Any] = {}
-        self.t: dict[str, Any] = {}
-        self.hooks = []
-        for name in names:
-            for model, store in ((student, self.s), (teacher, self.t)):
-                try:
-                    mod = model.get_submodule(name)
-                except AttributeError:
-                    self.remove()
-                    raise ValueError(f"distill.features: no module '{name}' in the "
-                                     f"{'student' if model is student else 'teacher'}") from None
-                self.hooks.append(mod.register_forward_hook(lambda m, i, o, n=name, d=store: d.__setitem__(n, o)))
-        was = student.training
-        student.eval()
-        with torch.no_grad():
-            student(*example)
-            teacher(*example)
-        student.train(was)
-        self.adapters = torch.nn.ModuleDict()
-        for name in names:
-            cs, ct = self.s[name].shape[1], self.t[name].shape[1]
-            if self.s[name].shape[2:] != self.t[name].shape[2:]:
-                raise ValueError(f"distill.features: '{name}' has spatial shape {tuple(self.s[name].shape[2:])} "
-                                 f"in the student, {tuple(self.t[name].shape[2:])} in the teacher")
-            if cs != ct:
-                conv = torch.nn.Conv2d(cs, ct, 1, bias=False) if self.s[name].dim() == 4 else torch.nn.Linear(cs, ct, bias=False)
-                self.adapters[name.replace(".", "_")] = conv
-        self.names = names
-
-    def loss(self) -> "torch.Tensor":
-        import torch.nn.functional as F
-
-        total = 0.0
-        for name in self.names:
-            key = name.replace(".", "_")
-            s = self.adapters[key](self.s[name]) if key in self.adapters else self.s[name]
-            total = total + F.mse_loss(s, self.t[name].detach())
-        return total / len(self.names)
-
-    def remove(self) -> None:
-        for h in self.hooks:
-            h.remove()
 
 
 def _teacher_outputs(teacher: "torch.nn.Module", xs: list["torch.Tensor"], batch_size: int,
