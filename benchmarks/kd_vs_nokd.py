@@ -42,7 +42,7 @@ SETTINGS: dict[str, dict[str, float] | None] = {
     "label_free_t4": {"temperature": 4.0, "alpha": 1.0},
     "label_free_t2": {"temperature": 2.0, "alpha": 1.0},
 }
-# feat_kd_t4_a05 / feat_no_logit_kd (rows of the exploration table) were measured at commit dec6e4e with feature
+# feat_kd_t4_a05 / feat_no_logit_kd (rows of the exploration table) were measured at commit d7ceee7 with feature
 # distillation on layers.0-3 (1x1 adapters), T 4, alpha 0.5 / 0: it did not beat fine-tuning on labels and is not kept.
 
 
