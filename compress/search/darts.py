@@ -351,8 +351,10 @@ def build_latency_table(space, net: Supernet, measure: Callable[[list["Artifact"
     rng = np.random.default_rng(seed)
     genos = [space.pick(net, how, rng) for how in ("min", "max", "random")]
     adapter = _TableSpace(space, net)
+    # the table's entries are single candidate ops, not a chain of blocks: no seams between them, and
+    # each entry is its p50 (the identity's per-call cost is subtracted below instead)
     model, _ = latency.build(adapter, measure, work_dir, input_shape=tuple(input_shape),
-                             calibration=[{"genotype": g} for g in genos])
+                             calibration=[{"genotype": g} for g in genos], seams=False, block_stat="p50")
     # an entry is the op's p50 minus that of an identity at the same input shape: timed alone, every op pays
     # the cost of a session call, which a whole network pays once (plain p50s made cheap ops look dear)
     ms = {k: v["ms"] for k, v in model.table.items()}

@@ -263,10 +263,11 @@ def cold_ms(stats) -> float:
     the other sessions ran); the p50 when the stats carry no rounds."""
     import numpy as np
 
-    if not stats.rounds:
+    rounds = getattr(stats, "rounds", None)  # a latency model's callers may time with stats that keep none
+    if not rounds:
         return stats.p50_ms
     first: dict[int, float] = {}
-    for r, v in zip(stats.rounds, stats.samples_ms):
+    for r, v in zip(rounds, stats.samples_ms):
         first.setdefault(r, v)
     return float(np.median(list(first.values())))
 
