@@ -80,6 +80,26 @@ def slice_state(model: "nn.Module", supernet_state: dict) -> None:
     model.load_state_dict({k: slice_tensor(supernet_state[k], tuple(v.shape)) for k, v in own.items()})
 
 
+class WeightSharing:
+    """Mixin for a supernet built as its largest subnet (put it first among the bases): ``activate(config)``
+    makes the next forwards run that subnet with the shared weights, ``activate(None)`` the whole network.
+    The network class gives ``input_size`` (the resolution its data comes at); the supernet implements
+    ``forward_active(x, config)`` on ``x`` already resized to the subnet's resolution."""
+
+    active: dict | None = None
+
+    def activate(self, config: dict | None) -> None:
+        self.active = config
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        c = self.active
+        if c is None:
+            return super().forward(x)
+        if c["res"] != self.input_size:
+            x = resize(x, c["res"])
+        return self.forward_active(x, c)
+
+
 def resize(x: "torch.Tensor", size: int) -> "torch.Tensor":
     import torch.nn.functional as F
 

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.search.elastic import conv_bn_act, conv_out, make_divisible, resize, run_cba, slice_state
+from compress.search.elastic import (WeightSharing, conv_bn_act, conv_out, make_divisible, resize, run_cba,
+                                     slice_state)
 from compress.search.space import Block, Config, SearchSpace
 
 #: (base channels, first stride) per stage; a small-image default (digits, CIFAR-sized inputs)
@@ -55,7 +56,7 @@ class MBNet(nn.Module):
         self.spec = _Spec(in_channels, num_classes, input_size, stages or SMALL_STAGES, stem_channels, stem_stride,
                           head_channels)
         s = self.spec
-        self.resolution = config["res"]
+        self.resolution, self.input_size = config["res"], input_size
         w = config["width"]
         cin = s.channels(s.stem_channels, w)
         self.stem = conv_bn_act(in_channels, cin, 3, stem_stride)
@@ -78,7 +79,7 @@ class MBNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.resolution != self.spec.input_size:
+        if self.resolution != self.input_size:
             x = resize(x, self.resolution)
         x = self.stem(x)
         for stage in self.stages:
@@ -87,23 +88,11 @@ class MBNet(nn.Module):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-class SuperMBNet(MBNet):
+class SuperMBNet(WeightSharing, MBNet):
     """The largest network; ``activate(config)`` makes the next forwards run that subnet (shared weights)."""
 
-    def __init__(self, largest: Config, **space_kwargs: Any):
-        super().__init__(largest, **space_kwargs)
-        self.active: Config | None = None
-
-    def activate(self, config: Config | None) -> None:
-        self.active = config
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.active
-        if c is None:
-            return super().forward(x)
+    def forward_active(self, x: torch.Tensor, c: Config) -> torch.Tensor:
         s, w = self.spec, c["width"]
-        if c["res"] != s.input_size:
-            x = resize(x, c["res"])
         x = run_cba(self.stem, x, s.channels(s.stem_channels, w))
         for i, (ch, _) in enumerate(s.stages):
             cout = s.channels(ch, w)

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.search.elastic import conv_bn_act, conv_out, make_divisible, resize, run_cba, slice_state
+from compress.search.elastic import (WeightSharing, conv_bn_act, conv_out, make_divisible, resize, run_cba,
+                                     slice_state)
 from compress.search.space import Block, Config, SearchSpace
 
 SMALL_STAGES = [[16, 1], [32, 2], [64, 2]]  # ResNet-20's stages
@@ -57,20 +58,10 @@ class ResNetS(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-class SuperResNet(ResNetS):
-    def __init__(self, largest: Config, **kw: Any):
-        super().__init__(largest, **kw)
-        self.active: Config | None = None
+class SuperResNet(WeightSharing, ResNetS):
+    """The largest network; ``activate(config)`` makes the next forwards run that subnet (shared weights)."""
 
-    def activate(self, config: Config | None) -> None:
-        self.active = config
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.active
-        if c is None:
-            return super().forward(x)
-        if c["res"] != self.input_size:
-            x = resize(x, c["res"])
+    def forward_active(self, x: torch.Tensor, c: Config) -> torch.Tensor:
         x = self.stem(x)
         for i, (ch, _) in enumerate(self.stage_spec):
             cout = make_divisible(ch * c[f"w{i}"])
