@@ -204,9 +204,6 @@ def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: 
     model = LatencyModel(kind="table", table=table, correction=correction, block_stat="p50", drift=drift,
                          pairs={k: {"blocks": [a.key, b.key], "p50_ms": float(p50[len(blocks) + j]),
                                     "cold_ms": float(cold[len(blocks) + j])} for j, (k, (a, b)) in enumerate(pairs.items())})
-    if not seams:
-        model.pairs = {}
-    first = len(blocks) + len(pairs)
     net_ms, raw_ms = p50[first:].reshape(repeats, len(nets)), (p50 / fix)[first:].reshape(repeats, len(nets))
     cal_ms = [float(net_ms[:, i].mean()) for i in range(len(calibration))]
     loo = {}
