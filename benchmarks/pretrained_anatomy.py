@@ -68,14 +68,15 @@ def _export(tmp: Path, sample: np.ndarray) -> Path:
 
 
 def _session(path: Path, threads: int, precise: bool = False):
+    """An ORT session with the options an onnxruntime target of the pipeline would get (its
+    ``session_config`` selecting the precise U8S8 kernels)."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    if precise:
-        so.add_session_config_entry("session.x64quantprecision", "1")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    from compress.runtimes.onnxruntime import OrtTarget, session_options
+
+    target = OrtTarget(name="anatomy", threads=threads,
+                       session_config={"session.x64quantprecision": "1"} if precise else {})
+    return ort.InferenceSession(str(path), session_options(target), providers=["CPUExecutionProvider"])
 
 
 def _outputs(path: Path, x: np.ndarray, precise: bool = False) -> np.ndarray:
