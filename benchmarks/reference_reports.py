@@ -10,9 +10,12 @@ run is recorded in reports/index.md, gate failures included: a reference report 
 """
 from __future__ import annotations
 
+import os
+import platform
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,18 +31,49 @@ def screenshot(html: Path, png: Path) -> None:
                     "--window-size=1200,2600", html.resolve().as_uri()], check=True, capture_output=True, timeout=120)
 
 
+def cpu() -> str:
+    """The CPU model and the instruction-set flags that decide INT8 speed (every speed figure is given with them)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine()
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.machine())
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+    keep = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{model}, flags {' '.join(keep) or 'no avx2'}"
+
+
+def row(stem: str, cmd: list[str], rc: int, seconds: float, load: tuple[float, float]) -> str:
+    return (f"| [{stem}]({stem}/report.md) | `{' '.join(cmd[:4])}` | {rc} | {seconds:.0f} s | "
+            f"{load[0]:.1f} -> {load[1]:.1f} | {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} |")
+
+
+HEADER = ("# Reference reports\n\nRegenerate: `python benchmarks/reference_reports.py` (every pipeline; names to run "
+          "some). Each row is written by that command: exit code, wall time and the 1-minute load average before -> "
+          "after the run.\n\n")
+FOOTER = ("\n`compress bench` against the pipeline's own speed-up: [bench_vs_pipeline.md](bench_vs_pipeline.md) "
+          "(`python benchmarks/speed_gate_aa.py` family, see benchmarks/README.md).\n")
+
+
 def main(argv: list[str]) -> int:
     flags = [a for a in argv if a.startswith("-")]
     names = [a for a in argv if not a.startswith("-")]
     pipelines = sorted((ROOT / "pipelines").glob("*.yaml"))
     if names:
         pipelines = [p for p in pipelines if p.stem in names]
-    rows = []
+    index = ROOT / "reports" / "index.md"
+    keep: dict[str, str] = {}
+    if index.is_file():  # rows of pipelines not re-run this time stay as they were written
+        keep = {ln.split("]")[0][3:]: ln for ln in index.read_text().splitlines() if ln.startswith("| [")}
+    worst = 0
     for p in pipelines:
         out = ROOT / "runs" / "reference" / p.stem
         cmd = ["compress", "run", "-q", str(p.relative_to(ROOT)), "-o", str(out), *flags]
         print("$", " ".join(cmd), flush=True)
-        rc = subprocess.call(cmd, cwd=ROOT)
+        load0, t0 = os.getloadavg()[0], time.monotonic()
+        # `python -m compress` runs this checkout's package whichever one the `compress` script was installed from
+        rc = subprocess.call([sys.executable, "-m", "compress", *cmd[1:]], cwd=ROOT)
+        seconds, load1 = time.monotonic() - t0, os.getloadavg()[0]
         dest = ROOT / "reports" / p.stem
         dest.mkdir(parents=True, exist_ok=True)
         for f in ("report.json", "report.md"):
@@ -47,17 +81,13 @@ def main(argv: list[str]) -> int:
                 shutil.copyfile(out / f, dest / f)
         if p.stem == "quickstart" and (out / "report.html").is_file():
             screenshot(out / "report.html", dest / "report.png")
-        rows.append(f"| [{p.stem}]({p.stem}/report.md) | `{' '.join(cmd[:4])}` | {rc} |")
-    index = ROOT / "reports" / "index.md"
-    keep = {}
-    if index.is_file():
-        for line in index.read_text().splitlines()[4:]:
-            if line.startswith("| ["):
-                keep[line.split("]")[0][3:]] = line
-    for r in rows:
-        keep[r.split("]")[0][3:]] = r
-    index.write_text("# Reference reports\n\nRegenerate: `python benchmarks/reference_reports.py`\n\n"
-                     "| pipeline | command | exit code |\n|---|---|---|\n" + "\n".join(keep[k] for k in sorted(keep)) + "\n")
+        keep[p.stem] = row(p.stem, cmd, rc, seconds, (load0, load1))
+        worst = max(worst, rc)
+    existing = {p.stem for p in (ROOT / "pipelines").glob("*.yaml")}
+    rows = [keep[k] for k in sorted(keep) if k in existing]
+    index.write_text(HEADER + f"CPU: {cpu()}, "
+                     f"{os.cpu_count()} cores.\n\n| pipeline | command | exit code | wall | load | run at (UTC) |\n"
+                     "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n" + FOOTER)
     return 0
 
 
