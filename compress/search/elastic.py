@@ -100,6 +100,29 @@ class WeightSharing:
         return self.forward_active(x, c)
 
 
+class SharedWeightSpace:
+    """Mixin for a built-in search space (before ``SearchSpace`` among the bases) whose supernet is
+    ``supernet_class(largest config, **kwargs)`` and whose standalone subnets are ``build(config, **kwargs)``
+    (a module-level function, so an artifact recipe can name it): ``supernet``, ``extract`` (the subnet with
+    the supernet's weights sliced in, :func:`slice_state`) and ``recipe`` written once for every family."""
+
+    supernet_class: type
+    build: staticmethod
+    kwargs: dict
+
+    def supernet(self) -> "nn.Module":
+        return self.supernet_class(self.largest(), **self.kwargs)
+
+    def extract(self, supernet: "nn.Module", config: dict) -> "nn.Module":
+        model = self.build(self.canonical(config), **self.kwargs)
+        slice_state(model, supernet.state_dict())
+        return model.eval()
+
+    def recipe(self, config: dict) -> dict:
+        fn = self.build
+        return {"callable": f"{fn.__module__}:{fn.__name__}", "kwargs": {"config": self.canonical(config), **self.kwargs}}
+
+
 def resize(x: "torch.Tensor", size: int) -> "torch.Tensor":
     import torch.nn.functional as F
 

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.search.elastic import (WeightSharing, conv_bn_act, conv_out, make_divisible, resize, run_cba,
-                                     slice_state)
+from compress.search.elastic import (SharedWeightSpace, WeightSharing, conv_bn_act, conv_out, make_divisible, resize, run_cba)
 from compress.search.space import Block, Config, SearchSpace
 
 #: (base channels, first stride) per stage; a small-image default (digits, CIFAR-sized inputs)
@@ -151,11 +150,13 @@ class _Head(nn.Module):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(self.head(x), 1), 1))
 
 
-class InvertedResidualSpace(SearchSpace):
+class InvertedResidualSpace(SharedWeightSpace, SearchSpace):
     """Per stage: depth from ``depths``; per block: ``expands`` and ``kernels``; global ``widths`` and
     ``resolutions``. ``stages`` lists [base channels, first stride]."""
 
     name = "inverted_residual"
+    supernet_class = SuperMBNet
+    build = staticmethod(build)
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, input_size: int = 32,
                  stages: list[list[int]] | None = None, stem_channels: int = 16, stem_stride: int = 1,
@@ -184,17 +185,6 @@ class InvertedResidualSpace(SearchSpace):
             act.add(f"d{i}")
             act.update(f"{p}{i}_{b}" for b in range(config[f"d{i}"]) for p in ("e", "k"))
         return act
-
-    def supernet(self) -> SuperMBNet:
-        return SuperMBNet(self.largest(), **self.kwargs)
-
-    def extract(self, supernet: nn.Module, config: Config) -> MBNet:
-        model = build(self.canonical(config), **self.kwargs)
-        slice_state(model, supernet.state_dict())
-        return model.eval()
-
-    def recipe(self, config: Config) -> dict[str, Any]:
-        return {"callable": "compress.search.mbnet:build", "kwargs": {"config": self.canonical(config), **self.kwargs}}
 
     def covering_configs(self) -> list[Config]:
         """Configs whose blocks cover every block of the space: per resolution, width, expand and kernel, all

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.search.elastic import (WeightSharing, conv_bn_act, conv_out, make_divisible, resize, run_cba,
-                                     slice_state)
+from compress.search.elastic import (SharedWeightSpace, WeightSharing, conv_bn_act, conv_out, make_divisible, resize, run_cba)
 from compress.search.space import Block, Config, SearchSpace
 
 SMALL_STAGES = [[16, 1], [32, 2], [64, 2]]  # ResNet-20's stages
@@ -90,8 +89,10 @@ def block(kind: str, **kw: Any) -> nn.Module:
     raise ValueError(f"unknown block kind '{kind}'")
 
 
-class ResidualSpace(SearchSpace):
+class ResidualSpace(SharedWeightSpace, SearchSpace):
     name = "residual"
+    supernet_class = SuperResNet
+    build = staticmethod(build)
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, input_size: int = 32,
                  stages: list[list[int]] | None = None, stem_channels: int = 16, depths: list[int] = (1, 2, 3),
@@ -106,17 +107,6 @@ class ResidualSpace(SearchSpace):
         for i in range(len(self.kwargs["stages"])):
             ch[f"d{i}"], ch[f"w{i}"] = list(self.depths), list(self.widths)
         return ch
-
-    def supernet(self) -> SuperResNet:
-        return SuperResNet(self.largest(), **self.kwargs)
-
-    def extract(self, supernet: nn.Module, config: Config) -> ResNetS:
-        model = build(self.canonical(config), **self.kwargs)
-        slice_state(model, supernet.state_dict())
-        return model.eval()
-
-    def recipe(self, config: Config) -> dict[str, Any]:
-        return {"callable": "compress.search.resnet:build", "kwargs": {"config": self.canonical(config), **self.kwargs}}
 
     def covering_configs(self) -> list[Config]:
         """Per resolution, every combination of stage widths at full depth covers every block."""
