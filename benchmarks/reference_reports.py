@@ -52,7 +52,7 @@ HEADER = ("# Reference reports\n\nRegenerate: `python benchmarks/reference_repor
           "some). Each row is written by that command: exit code, wall time and the 1-minute load average before -> "
           "after the run.\n\n")
 FOOTER = ("\n`compress bench` against the pipeline's own speed-up: [bench_vs_pipeline.md](bench_vs_pipeline.md) "
-          "(`python benchmarks/speed_gate_aa.py` family, see benchmarks/README.md).\n")
+          "(the `compress bench` command it ran is in that file).\n")
 
 
 def main(argv: list[str]) -> int:
