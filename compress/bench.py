@@ -21,9 +21,9 @@ _DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 11: "
 def onnx_inputs(path: Path, seq: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """``[{name, shape, dtype}]`` of an ONNX model's graph inputs (initializers excluded); a symbolic first
     axis is the batch; other symbolic axes must be given in ``seq`` (name -> size)."""
-    import onnx
+    from compress.onnx_graph import load
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = load(path)
     inits = {i.name for i in model.graph.initializer}
     specs = []
     for inp in model.graph.input:

@@ -31,54 +31,34 @@ def torch_facts(model: "torch.nn.Module", inputs: "tuple[int, ...] | list[dict[s
 def onnx_facts(path: Path) -> dict[str, Any]:
     """Params (initializer elements), op histogram and the weight precision of each Conv/MatMul/Gemm."""
     import numpy as np
-    import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path), load_external_data=True)
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    params = 0
-    for init in graph.initializer:
-        params += int(np.prod(init.dims)) if init.dims else 1
-    ops: dict[str, int] = {}
-    for node in graph.node:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    producers = {o: n for n in graph.node for o in n.output}
+    from compress import onnx_graph as og
+
+    graph = og.load(path, weights=True).graph
+    inits, producers = og.initializers(graph), og.producers(graph)
+    params = sum(int(np.prod(i.dims)) if i.dims else 1 for i in graph.initializer)
     layers: dict[str, str] = {}
     for node in graph.node:
         if node.op_type in ("Conv", "MatMul", "Gemm", "ConvInteger", "MatMulInteger", "QLinearConv",
                             "QLinearMatMul", "MatMulNBits"):
             w = node.input[3] if node.op_type.startswith("QLinear") else node.input[1]
-            layers[node.name or w] = _weight_precision(w, inits, producers, node)
+            layers[node.name or w] = weight_precision(w, inits, producers, node)
     zeros = total = 0
-    for name, init in inits.items():
+    for init in inits.values():
         if len(init.dims) >= 2:
             arr = numpy_helper.to_array(init)
             zeros += int((arr == 0).sum())
             total += arr.size
-    return {"params": params, "ops": dict(sorted(ops.items())), "layer_precision": layers,
+    return {"params": params, "ops": og.op_counts(graph), "layer_precision": layers,
             "sparsity": round(zeros / total, 6) if total else 0.0}
 
 
-def _weight_precision(name: str, inits, producers, node) -> str:
-    from onnx import TensorProto
+def weight_precision(name: str, inits, producers, node) -> str:
+    """The element type ``node``'s weight input ``name`` is stored in (``int4`` for MatMulNBits's ``bits``)."""
+    from compress.onnx_graph import weight_source
 
     if node.op_type == "MatMulNBits":
         bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
         return f"int{bits}"
-    seen = 0
-    while name not in inits and name in producers and seen < 4:
-        prod = producers[name]
-        if prod.op_type == "DequantizeLinear":
-            name = prod.input[0]
-        elif prod.op_type in ("Transpose", "Reshape", "Cast", "Identity"):
-            name = prod.input[0]
-        else:
-            break
-        seen += 1
-    if name not in inits:
-        return "activation"
-    dtype = inits[name].data_type
-    return {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.INT8: "int8",
-            TensorProto.UINT8: "uint8", TensorProto.INT4: "int4", TensorProto.UINT4: "uint4",
-            TensorProto.BFLOAT16: "bfloat16"}.get(dtype, str(dtype))
+    return weight_source(name, inits, producers).precision(inits)

@@ -61,9 +61,9 @@ def load(against: str, loaded, cache, like: Artifact, where: str) -> tuple[Artif
 
 
 def _precision(path: Path) -> str:
-    import onnx
+    from compress.onnx_graph import load, op_counts
 
-    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    ops = set(op_counts(load(path).graph))
     if ops & {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"}:
         return "int8"
     return "int4" if "MatMulNBits" in ops else "float32"

@@ -111,6 +111,8 @@ def _quantized_gathers(path: Path) -> int:
     """Gather nodes whose data input is an 8-bit initializer (a quantized embedding table)."""
     import onnx
 
-    g = onnx.load(str(path), load_external_data=False).graph
+    from compress.onnx_graph import load
+
+    g = load(path).graph
     int8 = {i.name for i in g.initializer if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
     return sum(1 for n in g.node if n.op_type == "Gather" and n.input and n.input[0] in int8)

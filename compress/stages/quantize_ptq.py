@@ -137,14 +137,11 @@ class QuantizePTQConfig(StageConfig):
 
 def activation_precision(onnx_path: Path) -> dict[str, str]:
     """Per Conv/MatMul/Gemm node of a QDQ graph: the type its activation input is quantized to."""
-    import onnx
+    from compress import onnx_graph as og
+    from compress.facts import weight_precision
 
-    from compress.facts import _weight_precision
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    producers = {o: n for n in g.node for o in n.output}
+    g = _load(onnx_path).graph
+    inits, producers = og.initializers(g), og.producers(g)
     out: dict[str, str] = {}
     for node in g.node:
         if node.op_type not in ("Conv", "MatMul", "Gemm", "ConvTranspose"):
@@ -153,7 +150,7 @@ def activation_precision(onnx_path: Path) -> dict[str, str]:
         while prod is not None and prod.op_type in _QDQ_TRANSPARENT:  # ORT moves Q/DQ across these
             prod = producers.get(prod.input[0])
         if prod is not None and prod.op_type == "DequantizeLinear" and len(prod.input) > 2:
-            out[node.name or node.input[1]] = _weight_precision(prod.input[2], inits, producers, prod)
+            out[node.name or node.input[1]] = weight_precision(prod.input[2], inits, producers, prod)
         elif prod is not None and prod.op_type == "DequantizeLinear":
             out[node.name or node.input[1]] = "uint8"  # no zero point: the ONNX default type
         else:
@@ -162,16 +159,15 @@ def activation_precision(onnx_path: Path) -> dict[str, str]:
 
 
 def _load(path: Path):
-    import onnx
+    from compress.onnx_graph import load
 
-    return onnx.load(str(path), load_external_data=False)
+    return load(path)
 
 
 def _ops(path: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for n in _load(path).graph.node:
-        counts[n.op_type] = counts.get(n.op_type, 0) + 1
-    return counts
+    from compress.onnx_graph import op_counts
+
+    return op_counts(_load(path).graph)
 
 
 class QuantizePTQ(Stage):

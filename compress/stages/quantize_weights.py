@@ -100,81 +100,38 @@ class QuantizeWeightsConfig(StageConfig):
 # graph helpers (onnx imported lazily by the callers' functions)
 
 
-def _attrs(node) -> dict[str, Any]:
-    import onnx
-
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _init_bytes(init) -> int:
-    """Stored bytes of an initializer (packed 4-bit tensors count half a byte per element)."""
-    import numpy as np
-    from onnx import TensorProto, helper
-
-    if init.raw_data:
-        return len(init.raw_data)
-    n = int(np.prod(init.dims)) if init.dims else 1
-    if init.data_type in (TensorProto.INT4, TensorProto.UINT4):
-        return (n + 1) // 2
-    return n * np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
-
-
-def _weight_source(name: str, inits: dict, producers: dict) -> tuple[list[str], str | None]:
-    """Initializers that store a MatMul/Gemm weight input (following Transpose/Reshape/Cast/DequantizeLinear)
-    and the DequantizeLinear's integer dtype if it is quantized, else ``None``."""
-    from onnx import TensorProto
-
-    seen = 0
-    while name not in inits and name in producers and seen < 4:
-        prod = producers[name]
-        if prod.op_type == "DequantizeLinear":
-            stored = [i for i in prod.input if i in inits]
-            x = inits.get(prod.input[0])
-            bits = {TensorProto.INT4: "int4", TensorProto.UINT4: "uint4", TensorProto.INT8: "int8",
-                    TensorProto.UINT8: "uint8"}.get(x.data_type) if x is not None else None
-            return stored, bits
-        if prod.op_type not in ("Transpose", "Reshape", "Cast", "Identity"):
-            break
-        name = prod.input[0]
-        seen += 1
-    return ([name], None) if name in inits else ([], None)
-
-
 def weight_layers(model: "onnx.ModelProto") -> dict[str, dict[str, Any]]:
     """Every MatMul/Gemm/MatMulNBits with a constant weight: bits, group size, stored weight bytes."""
+    from compress.onnx_graph import attrs, init_bytes, initializers, weight_source
+    from compress.onnx_graph import producers as producers_of
+
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output}
+    inits, producers = initializers(graph), producers_of(graph)
     layers: dict[str, dict[str, Any]] = {}
     for i, node in enumerate(graph.node):
         name = node.name or f"{node.op_type}_{i}"
         if node.op_type == "MatMulNBits":
-            a = _attrs(node)
+            a = attrs(node)
             stored = [x for x in node.input[1:4] if x in inits]  # B, scales, zero points (not g_idx, bias)
             layers[name] = {"op": node.op_type, "bits": int(a.get("bits", 4)), "group_size": int(a["block_size"]),
                             "accuracy_level": int(a.get("accuracy_level", 0)), "K": int(a["K"]), "N": int(a["N"]),
                             "zero_points": len(node.input) > 3 and bool(node.input[3]),
-                            "weight_bytes": sum(_init_bytes(inits[x]) for x in stored)}
+                            "weight_bytes": sum(init_bytes(inits[x]) for x in stored)}
         elif node.op_type in WEIGHT_OPS and len(node.input) > 1:
-            stored, qtype = _weight_source(node.input[1], inits, producers)
-            if not stored:
+            src = weight_source(node.input[1], inits, producers)
+            if src.stored is None:
                 continue  # activation x activation (attention scores)
-            info: dict[str, Any] = {"op": node.op_type, "weight_bytes": sum(_init_bytes(inits[x]) for x in stored)}
-            if qtype is None:
+            info: dict[str, Any] = {"op": node.op_type,
+                                    "weight_bytes": sum(init_bytes(inits[x]) for x in src.stored_tensors(inits))}
+            dq = src.dequantize
+            if dq is None:
                 info["bits"] = 32
             else:
-                dq = producers[_follow_to_dq(node.input[1], producers)]
-                block = int(_attrs(dq).get("block_size", 0))
-                info.update(bits=4 if qtype in ("int4", "uint4") else 8, group_size=block or "per-channel",
-                            zero_points=len(dq.input) > 2 and bool(dq.input[2]))
+                block = int(attrs(dq).get("block_size", 0))
+                info.update(bits=4 if src.precision(inits) in ("int4", "uint4") else 8,
+                            group_size=block or "per-channel", zero_points=len(dq.input) > 2 and bool(dq.input[2]))
             layers[name] = info
     return layers
-
-
-def _follow_to_dq(name: str, producers: dict) -> str:
-    while producers[name].op_type != "DequantizeLinear":
-        name = producers[name].input[0]
-    return name
 
 
 def _check_ignored(patterns: list[str], names: list[str]) -> list[str]:
@@ -262,7 +219,9 @@ def _repair_nncf(model: "onnx.ModelProto", accuracy_level: int) -> dict[str, int
     import numpy as np
     from onnx import helper, numpy_helper
 
-    inits = {i.name: i for i in model.graph.initializer}
+    from compress.onnx_graph import attrs, initializers
+
+    inits = initializers(model.graph)
     set_level = packed = 0
     for node in model.graph.node:
         if node.op_type != "MatMulNBits":
@@ -275,7 +234,7 @@ def _repair_nncf(model: "onnx.ModelProto", accuracy_level: int) -> dict[str, int
         else:
             node.attribute.append(helper.make_attribute("accuracy_level", accuracy_level))
             set_level += 1
-        a = _attrs(node)
+        a = attrs(node)
         if a.get("bits", 4) == 4 and len(node.input) > 3 and node.input[3] in inits:
             zp = inits[node.input[3]]
             blocks = -(-int(a["K"]) // int(a["block_size"]))
