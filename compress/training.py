@@ -2,7 +2,8 @@
 search supernet all call :func:`train`. Deterministic under ``seed`` on CPU (and it leaves the caller's
 RNG state and thread count as they were); optional periodic evaluation (``eval_every``) shows ``acc=`` in
 the progress bar and records an eval curve; ``distill`` adds Hinton KD (KL at a temperature) from a teacher;
-``max_minutes`` stops early.
+``max_minutes`` stops early; ``augment`` adds seeded random shifts and/or mixup to image batches (the same for
+every arm, and seen by the teacher too).
 
 Only pydantic at import time; torch is imported inside the functions.
 """
@@ -27,6 +28,25 @@ class DistillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     temperature: float = Field(4.0, gt=0, description="Softens both distributions; the KL term is scaled by T^2.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the KD term; 1 - alpha weighs the label loss.")
+
+
+class AugmentConfig(BaseModel):
+    """Optional augmentation of float image batches ``(N, C, H, W)`` inside the training loop. Drawn from its own
+    generator seeded by ``seed``, so two runs with the same seed and batches get the same augmented batches whether
+    or not they distill; a teacher sees the augmented batch (function matching: it labels the views the labels do
+    not cover), so with ``augment`` its outputs are computed every step, never cached per sample."""
+
+    model_config = ConfigDict(extra="forbid")
+    shift: int = Field(0, ge=0, description="Translate each sample by up to this many pixels along H and W "
+                       "(uniform integers; borders replicated). 0: off.")
+    mixup: float = Field(0.0, ge=0, description="Mixup: blend each batch with a shuffled copy of itself by "
+                         "lam ~ Beta(mixup, mixup) (labels mixed the same way). 0: off.")
+
+    @model_validator(mode="after")
+    def _some(self) -> "AugmentConfig":
+        if self.shift == 0 and self.mixup == 0:
+            raise ValueError("augment needs shift > 0 or mixup > 0 (or leave augment unset)")
+        return self
 
 
 class TrainConfig(BaseModel):
@@ -55,6 +75,8 @@ class TrainConfig(BaseModel):
                                                                 "by eval_every.")
     distill: DistillConfig | None = Field(None, description="Add the KD loss from a teacher (the stage decides "
                                           "which: by default its float input model).")
+    augment: AugmentConfig | None = Field(None, description="Random shifts and/or mixup of image batches, the "
+                                          "same for every run with this seed; None: the batches as they are.")
 
     @model_validator(mode="after")
     def _ok(self) -> "TrainConfig":
@@ -138,8 +160,10 @@ def train(
     read with ``torch.load(weights_only=True)`` and removed when training ends.
 
     KD over more than one epoch computes the teacher's outputs on the training split once (``cache_teacher``;
-    the loop does not augment, so a sample's teacher output never changes) instead of once per step: the same
-    losses up to float rounding, for one teacher pass instead of one per epoch.
+    without ``augment`` a sample's teacher output never changes) instead of once per step: the same losses up to
+    float rounding, for one teacher pass instead of one per epoch. With ``cfg.augment`` the teacher runs on every
+    augmented batch (never cached). Raises ``ValueError`` if ``augment`` is set and the model does not take one
+    float image input, or ``augment.mixup`` is combined with ``step_loss``.
     """
     import torch
     import torch.nn.functional as F
@@ -150,6 +174,8 @@ def train(
     use_kd = teacher is not None and cfg.distill is not None
     if y_np is None and not use_kd:
         raise ValueError("training needs labels, or a teacher with distill: set")
+    if cfg.augment is not None and cfg.augment.mixup > 0 and step_loss is not None:
+        raise ValueError("augment.mixup cannot be combined with this stage's own loss: use augment.shift only")
     if cfg.eval_every is not None:
         ex, ey = dataset.split(cfg.eval_split)
         if ey is None or len(ex) == 0:
@@ -167,12 +193,13 @@ def train(
         with torch.random.fork_rng(devices=[]):  # seed here, leave the caller's RNG as it was
             torch.manual_seed(cfg.seed)
             g = torch.Generator().manual_seed(cfg.seed)
+            ga = torch.Generator().manual_seed(cfg.seed + 1_000_003)  # augmentation only: same draws with or without KD
             opt = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.schedule == "cosine" else None
             if teacher is not None:
                 teacher.eval()
             t_all = (_teacher_outputs(teacher, xs, cfg.batch_size) if use_kd and cache_teacher and step_loss is None
-                     and steps > steps_per_epoch(cfg, n) else None)
+                     and cfg.augment is None and steps > steps_per_epoch(cfg, n) else None)
             model.train()
             start = clock()
             step, losses, stopped_early = 0, [], False
@@ -187,6 +214,8 @@ def train(
                 if sched is not None:
                     sched.load_state_dict(st["schedule"])
                 g.set_state(st["generator"])
+                if "augment_generator" in st:
+                    ga.set_state(st["augment_generator"])
                 torch.set_rng_state(st["rng"])
                 step, pos, perm, losses = int(st["step"]), int(st["pos"]), st["perm"], list(st["losses"])
                 resumed = step
@@ -196,13 +225,20 @@ def train(
                 idx = perm[pos:pos + cfg.batch_size]
                 pos += cfg.batch_size
                 xb = [t[idx] for t in xs]  # every model input, in forward()'s order
+                yb = y[idx] if y is not None else None
+                mix = None
+                if cfg.augment is not None:
+                    xb[0], mix = augment(xb, cfg.augment, ga)
                 if step_loss is not None:
-                    loss = step_loss(model, xb[0] if len(xb) == 1 else xb, y[idx] if y is not None else None)
+                    loss = step_loss(model, xb[0] if len(xb) == 1 else xb, yb)
                 else:
                     out = model(*xb)
                     loss = torch.zeros((), dtype=out.dtype)
-                    if y is not None and (not use_kd or cfg.distill.alpha < 1):
-                        ce = F.cross_entropy(out, y[idx], label_smoothing=cfg.label_smoothing)
+                    if yb is not None and (not use_kd or cfg.distill.alpha < 1):
+                        ce = F.cross_entropy(out, yb, label_smoothing=cfg.label_smoothing)
+                        if mix is not None:  # mixup: the labels are blended like the inputs
+                            ce = mix[1] * ce + (1 - mix[1]) * F.cross_entropy(out, yb[mix[0]],
+                                                                              label_smoothing=cfg.label_smoothing)
                         loss = loss + (1 - cfg.distill.alpha if use_kd else 1.0) * ce
                     if use_kd:
                         if t_all is not None:
@@ -224,6 +260,7 @@ def train(
                     _save_checkpoint(checkpoint, {
                         "model": model.state_dict(), "optimizer": opt.state_dict(),
                         "schedule": sched.state_dict() if sched is not None else {}, "generator": g.get_state(),
+                        "augment_generator": ga.get_state(),
                         "rng": torch.get_rng_state(), "step": step, "pos": pos, "perm": perm, "losses": losses})
                 out_of_time = cfg.max_minutes is not None and clock() - start > cfg.max_minutes * 60
                 if every is not None and (step % every == 0 or step == steps or out_of_time):
@@ -254,6 +291,35 @@ def train(
         hist["eval_curve"] = curve
         hist["final_eval_accuracy"] = curve[-1]["accuracy"]
     return hist
+
+
+def augment(xb: list["torch.Tensor"], cfg: AugmentConfig, gen: "torch.Generator") -> tuple[
+        "torch.Tensor", "tuple[torch.Tensor, float] | None"]:
+    """One augmented batch: ``(x, mix)``, ``mix = (perm, lam)`` when mixup blended ``x`` with ``x[perm]`` by
+    ``lam`` (else None). Random draws come from ``gen`` only, in a fixed order (shifts, then mixup)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = xb[0]
+    if len(xb) != 1 or not x.is_floating_point() or x.dim() != 4:
+        raise ValueError("augment applies to one float image input (N, C, H, W); this model takes "
+                         + ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in xb) + ": unset augment")
+    n, _, h, w = x.shape
+    if cfg.shift:
+        s = cfg.shift
+        padded = F.pad(x, (s, s, s, s), mode="replicate")
+        off = torch.randint(0, 2 * s + 1, (n, 2), generator=gen).tolist()
+        x = torch.stack([padded[i, :, oy:oy + h, ox:ox + w] for i, (oy, ox) in enumerate(off)])
+    mix = None
+    if cfg.mixup:
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        perm = torch.randperm(n, generator=gen)
+        with torch.random.fork_rng(devices=[]):  # Beta sampling takes no generator: seed it from ours
+            torch.manual_seed(seed)
+            lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
+        x = lam * x + (1 - lam) * x[perm]
+        mix = (perm, lam)
+    return x, mix
 
 
 def _teacher_outputs(teacher: "torch.nn.Module", xs: list["torch.Tensor"], batch_size: int,

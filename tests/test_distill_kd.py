@@ -45,10 +45,11 @@ def test_label_free_kd_needs_no_labels(tmp_path):
     assert out.facts["training"]["steps"] == 6 and "accuracy_student" not in out.facts
 
 
-def test_killed_training_resumes_from_checkpoint_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("augment", [None, {"shift": 1, "mixup": 0.4}])  # the augmentation's draws resume too
+def test_killed_training_resumes_from_checkpoint_to_the_same_weights(tmp_path, augment):
     art = _artifact(tmp_path)
     ds = _ctx(tmp_path).dataset
-    cfg = FinetuneConfig(steps=9, batch_size=16, threads=1, distill=None)
+    cfg = FinetuneConfig(steps=9, batch_size=16, threads=1, distill=None, augment=augment)
     ref = build_module(art)
     train(ref, ds, cfg)
 

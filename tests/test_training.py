@@ -8,7 +8,16 @@ import torch
 from pydantic import ValidationError
 
 from compress.data import make_synthetic
-from compress.training import DistillConfig, TrainConfig, accuracy, kd_loss, total_steps, train
+from compress.training import (
+    AugmentConfig,
+    DistillConfig,
+    TrainConfig,
+    accuracy,
+    augment,
+    kd_loss,
+    total_steps,
+    train,
+)
 from compress.zoo import get
 
 
@@ -193,3 +202,49 @@ def test_kd_over_several_epochs_runs_the_teacher_once_per_sample(data):
         seen.append(sum(calls))
     assert seen[0] == n and seen[1] >= 3 * n - 32
     assert all(torch.allclose(runs[0][k], runs[1][k], atol=1e-5) for k in runs[0])
+
+
+def test_augment_is_seeded_the_same_for_both_arms_and_the_teacher_sees_the_augmented_batch(data):
+    """With augment, KD and plain fine-tuning get the same augmented batches (not the raw ones), the teacher is run
+    on exactly those batches every step (no per-sample cache), and the same seed gives the same weights."""
+    aug = AugmentConfig(shift=2, mixup=0.4)
+    seen: dict[str, list[torch.Tensor]] = {"kd": [], "plain": [], "teacher": [], "raw": []}
+    runs = []
+    for name, distill, aug_cfg in (("kd", DistillConfig(alpha=0.5), aug), ("plain", None, aug),
+                                  ("raw", None, None)):
+        student, teacher = tiny(1), tiny(0)
+        student.register_forward_pre_hook(lambda m, args, n=name: seen[n].append(args[0].clone()) if m.training else None)
+        teacher.register_forward_pre_hook(lambda m, args: seen["teacher"].append(args[0].clone()))
+        hist = train(student, data, cfg(epochs=3, steps=None, distill=distill, augment=aug_cfg), teacher=teacher)
+        runs.append(weights(student))
+        assert hist["teacher_outputs_cached"] is False if distill else "teacher_outputs_cached" not in hist
+    steps = hist["steps"]
+    assert len(seen["kd"]) == len(seen["plain"]) == len(seen["teacher"]) == steps > 8
+    assert all(torch.equal(a, b) for a, b in zip(seen["kd"], seen["plain"]))
+    assert all(torch.equal(a, b) for a, b in zip(seen["kd"], seen["teacher"]))
+    assert not any(torch.equal(a, b) for a, b in zip(seen["plain"], seen["raw"]))
+    again = tiny(1)
+    train(again, data, cfg(epochs=3, steps=None, augment=aug))
+    assert all(torch.equal(again.state_dict()[k], runs[1][k]) for k in runs[1])
+
+
+def test_augment_shift_translates_and_mixup_blends():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6)
+    g = torch.Generator().manual_seed(0)
+    shifted, mix = augment([x], AugmentConfig(shift=2), g)
+    assert mix is None and shifted.shape == x.shape and not torch.equal(shifted, x)
+    # every output is a 6x6 window of the border-replicated input: its centre pixel is an input pixel nearby
+    for i in range(2):
+        padded = torch.nn.functional.pad(x[i:i + 1], (2, 2, 2, 2), mode="replicate")[0, 0]
+        assert any(torch.equal(shifted[i, 0], padded[a:a + 6, b:b + 6]) for a in range(5) for b in range(5))
+    mixed, (perm, lam) = augment([x], AugmentConfig(mixup=1.0), torch.Generator().manual_seed(0))
+    assert 0 <= lam <= 1 and torch.allclose(mixed, lam * x + (1 - lam) * x[perm])
+
+
+def test_augment_config_and_input_checks(data):
+    with pytest.raises(ValidationError):
+        AugmentConfig(shift=2, crop=3)
+    with pytest.raises(ValidationError):
+        AugmentConfig()  # neither shift nor mixup: say so rather than silently do nothing
+    with pytest.raises(ValueError, match="one float image input"):
+        augment([torch.zeros(4, 8)], AugmentConfig(shift=1), torch.Generator())
