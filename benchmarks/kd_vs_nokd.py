@@ -3,6 +3,12 @@
     python benchmarks/kd_vs_nokd.py                       # the table of reports/kd_vs_nokd.{md,json}
     python benchmarks/kd_vs_nokd.py --only no_kd kd_t4_a05 --seeds 0 1 2   # a part of the sweep (resumable)
     python benchmarks/kd_vs_nokd.py --render              # re-write the markdown from the json
+    # torch-only, in one process (teacher: prune.yaml's baseline trained 8 epochs, built once under runs/):
+    python benchmarks/kd_vs_nokd.py --explore --teacher-epochs 8 --ratio 0.75 --epochs 1 3 10 --only no_kd kd_t4_a05
+    python benchmarks/kd_vs_nokd.py --explore --teacher-epochs 8 --ratio 0.75 --epochs 10 --augment shift8 \
+        --only no_kd kd_t4_a05                            # the same augmented batches for both arms
+    python benchmarks/kd_vs_nokd.py --explore --teacher-epochs 8 --ratio 0.75 --epochs 10 --labels 0.1 \
+        --only no_kd kd_t4_a05 label_free_t4             # label-scarce: 10% of the labels, same steps
 
 Every point is one ``compress run`` of a pipeline made from ``pipelines/prune.yaml`` (the zoo ResNet-18 trained at
 112x112 on digits, the same baseline, data, target) with one ``prune.structured`` stage: the same one-shot
@@ -41,6 +47,7 @@ SETTINGS: dict[str, dict[str, float] | None] = {
     "kd_t2_a09": {"temperature": 2.0, "alpha": 0.9},
     "label_free_t4": {"temperature": 4.0, "alpha": 1.0},
     "label_free_t2": {"temperature": 2.0, "alpha": 1.0},
+    "fm_t1": {"temperature": 1.0, "alpha": 1.0},  # function matching (Beyer et al. 2022): teacher only, T 1
 }
 # feat_kd_t4_a05 / feat_no_logit_kd (rows of the exploration table) were measured at commit d7ceee7 with feature
 # distillation on layers.0-3 (1x1 adapters), T 4, alpha 0.5 / 0: it did not beat fine-tuning on labels and is not kept.
@@ -93,36 +100,74 @@ def run_point(teacher_epochs: float | None, ratio: float, epochs: float, setting
     }
 
 
-def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any]], res: dict[str, Any]) -> None:
-    """Torch-only exploration in one process (no export, no ORT; about 4x faster per point): the same pruned
-    starting weights as the pipeline points (the teacher is the cached baseline of the no_kd seed-0 point, which
-    runs first if missing), the stage's BatchNorm re-estimation before and after, the one training loop.
-    Each grid entry: ``{"setting", "seed", "epochs"}``; results go to ``res["explore"]``."""
-    import copy
+# name -> finetune.augment for --augment (explore only); the same augmented batches for every setting of a seed
+AUGMENTS: dict[str, dict[str, float] | None] = {
+    "none": None,
+    "shift8": {"shift": 8},                  # random translation by up to 8 px (7% of 112) along H and W
+}
 
-    import torch
+
+def xkey(teacher_epochs: float | None, ratio: float, epochs: float, setting: str, seed: int, aug: str = "none",
+         labels: float | None = None) -> str:
+    """Key of an exploration point (the pipeline points' key, plus ``-a<aug>`` / ``-l<fraction>`` when set)."""
+    return (key(teacher_epochs, ratio, epochs, setting, seed) + ("" if aug == "none" else f"-a{aug}")
+            + ("" if labels is None else f"-l{labels}"))
+
+
+def teacher_model(teacher_epochs: float | None, ratio: float):
+    """The pipeline's baseline (the teacher), built in-process by the runner's own ``build_baseline`` (same recipe,
+    seed and training loop as ``compress run``) and kept in runs/kd-vs-nokd/teacher-t<epochs>/; and the dataset."""
+    import contextlib
 
     from compress.artifact import Artifact, build_module
+    from compress.baseline import build_baseline
+    from compress.config import load_pipeline
     from compress.data import load_dataset
-    from compress.stages.prune_structured import PruneStructuredConfig, make_pruner
-    from compress.training import FinetuneConfig, accuracy, recalibrate_bn, train
 
-    k0 = key(teacher_epochs, ratio, 1.0, "no_kd", 0)
-    if k0 not in res["points"]:
-        res["points"][k0] = run_point(teacher_epochs, ratio, 1.0, "no_kd", 0)
-        save(res)
-    rep = json.loads((WORK / k0 / "report.json").read_text())
-    want = rep["baseline"]["artifact"]["hash"]
-    folder = next(d for d in (ROOT / ".compress-cache" / "artifacts").iterdir()
-                  if json.loads((d / "artifact.json").read_text()).get("hash") == want)
     cfg = point_config(ratio, 1.0, 0, None, teacher_epochs)
-    stage = cfg["stages"][0]["config"]
-    from compress.config import pipeline_model
+    folder = WORK / f"teacher-t{cfg['model']['train']['epochs']}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    loaded = load_pipeline(path)
+    ds = load_dataset(loaded.config.data, ROOT)
+    if not (folder / "artifact.json").is_file():
+        class _Bar:
+            def update(self, *a: Any, **k: Any) -> None:
+                pass
 
-    pipe = pipeline_model().model_validate(cfg)
-    ds = load_dataset(pipe.data, ROOT)
-    teacher = build_module(Artifact.read(folder))
+        build_baseline(loaded, ds, folder, lambda *a: contextlib.nullcontext(_Bar()), print)
+    return build_module(Artifact.read(folder)), ds, cfg
+
+
+def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any]], res: dict[str, Any]) -> None:
+    """Torch-only exploration in one process (no export, no ORT; about 4x faster per point): the same pruned
+    starting weights as the pipeline points (the teacher: the pipeline's baseline, built in-process), the stage's
+    BatchNorm re-estimation before and after, the one training loop. Each grid entry: ``{"setting", "seed",
+    "epochs", "aug", "labels"}``; results go to ``res["explore"]``.
+
+    ``aug``: a name in AUGMENTS (finetune.augment, the same for every setting). ``labels``: a fraction of the
+    training split that keeps its labels (a seeded subset, the same for every seed and setting); the budget stays
+    ``epochs`` passes over the *whole* training split in steps; settings that use labels (no KD, alpha < 1) train
+    on the labelled part only, label-free KD (alpha 1) on every training input."""
+    import copy
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from compress.stages.prune_structured import PruneStructuredConfig, make_pruner
+    from compress.training import FinetuneConfig, accuracy, recalibrate_bn, total_steps, train
+
+    out = res.setdefault("explore", {})
+    todo = [g for g in grid if xkey(teacher_epochs, ratio, g["epochs"], g["setting"], g["seed"], g.get("aug", "none"),
+                                    g.get("labels")) not in out]
+    if not todo:
+        return
+    teacher, ds, cfg = teacher_model(teacher_epochs, ratio)
+    stage = cfg["stages"][0]["config"]
     torch.set_num_threads(1)
+    t_acc = accuracy(teacher, ds)
     pruned = copy.deepcopy(teacher)
     pcfg = PruneStructuredConfig(**{k: v for k, v in stage.items() if k != "finetune"})
     pruner = make_pruner(pruned, pcfg, tuple(cfg["model"]["input_shape"]), ratio, 1)
@@ -131,19 +176,28 @@ def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any
         pruner.step()
     recalibrate_bn(pruned, ds, batches=pcfg.bn_recalibration)
     acc0 = accuracy(pruned, ds)
-    out = res.setdefault("explore", {})
-    for g in grid:
-        k = key(teacher_epochs, ratio, g["epochs"], g["setting"], g["seed"])
-        if k in out:
-            continue
+    for g in todo:
+        aug, labels = g.get("aug", "none"), g.get("labels")
+        k = xkey(teacher_epochs, ratio, g["epochs"], g["setting"], g["seed"], aug, labels)
+        distill = SETTINGS[g["setting"]]
+        ft = FinetuneConfig(**{**stage["finetune"], "epochs": g["epochs"], "seed": g["seed"], "distill": distill,
+                               "augment": AUGMENTS[aug]})
+        ft = ft.model_copy(update={"steps": total_steps(ft, len(ds.splits["train"]))})  # the budget: equal steps
+        data, split = ds, "train"
+        if labels is not None:
+            tr = ds.splits["train"]
+            keep = np.sort(np.random.default_rng(0).choice(tr, size=max(1, round(labels * len(tr))), replace=False))
+            data = dataclasses.replace(ds, splits={**ds.splits, "labelled": keep})
+            split = "train" if distill is not None and distill["alpha"] == 1.0 else "labelled"
         m = copy.deepcopy(pruned)
-        ft = FinetuneConfig(**{**stage["finetune"], "epochs": g["epochs"], "seed": g["seed"],
-                               "distill": SETTINGS[g["setting"]]})
-        h = train(m, ds, ft, teacher=teacher)
+        h = train(m, data, ft, teacher=teacher, split=split)
         recalibrate_bn(m, ds, batches=pcfg.bn_recalibration)
-        out[k] = {**g, "teacher_epochs": cfg["model"]["train"]["epochs"], "ratio": ratio, "pruned_torch": acc0,
-                  "finetuned_torch": round(accuracy(m, ds), 4), "steps": h["steps"], "seconds": h["seconds"]}
-        print(k, out[k]["finetuned_torch"], flush=True)
+        out[k] = {**g, "aug": aug, "labels": labels, "augment": AUGMENTS[aug], "train_split": split,
+                  "train_samples": len(data.splits[split]), "teacher_epochs": cfg["model"]["train"]["epochs"],
+                  "ratio": ratio, "teacher_torch": t_acc, "pruned_torch": acc0,
+                  "finetuned_torch": round(accuracy(m, ds), 4), "steps": h["steps"], "seconds": h["seconds"],
+                  "load_avg_1m": round(__import__("os").getloadavg()[0], 2)}
+        print(k, out[k]["finetuned_torch"], f"{h['seconds']} s", flush=True)
         save(res)
 
 
@@ -195,6 +249,7 @@ def render(res: dict[str, Any]) -> str:
              "measurement path) and in torch (own column).", "",
              f"CPU: {env.get('cpu')}, flags {', '.join(env.get('flags') or [])}; load average (1 min) during the "
              f"runs {env.get('load_min')}-{env.get('load_max')} (shared 2-core box).", ""]
+    lines += res.get("summary", [])
     for g in res["groups"].values():
         st = g["settings"]
         any_row = next(iter(st.values()))
@@ -215,28 +270,74 @@ def render(res: dict[str, Any]) -> str:
                          f"{t['mean']:.2f} | {dtxt} |")
         lines.append("")
     if res.get("explore"):
-        lines += ["## Exploration (torch only, in one process: `--explore`)", "",
-                  "The same pruned starting weights, training loop and BatchNorm re-estimation; accuracy in torch "
-                  "(on every pipeline point above torch and ORT gave the same accuracy). Paired: minus no KD on the "
-                  "same seed.", "",
-                  "| teacher epochs | pruned | fine-tune epochs (steps) | setting | before % | per seed % | mean ± std "
-                  "| minus no KD per seed |", "|---|---|---|---|---|---|---|---|"]
-        rows: dict[tuple, list[dict[str, Any]]] = {}
-        for v in res["explore"].values():
-            rows.setdefault((v["teacher_epochs"], v["ratio"], v["epochs"], v["setting"]), []).append(v)
-        for (te, r, e, st), vs in rows.items():
-            vs = sorted(vs, key=lambda v: v["seed"])
-            accs = [v["finetuned_torch"] for v in vs]
-            base = {v["seed"]: v["finetuned_torch"] for v in rows.get((te, r, e, "no_kd"), [])}
-            diff = ", ".join(f"{v['finetuned_torch'] - base[v['seed']]:+.2f}" for v in vs if v["seed"] in base)
-            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            lines.append(f"| {te} | {r} | {e} ({vs[0]['steps']}) | {st} | {vs[0]['pruned_torch']:.2f} | "
-                         + ", ".join(f"s{v['seed']} {a:.2f}" for v, a in zip(vs, accs))
-                         + f" | {statistics.mean(accs):.2f} ± {sd:.2f} | {diff if st != 'no_kd' else ''} |")
-        lines.append("")
+        lines += explore_tables(res["explore"])
     for line in res.get("notes", []):
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def paired_test(diffs: list[float]) -> dict[str, Any]:
+    """KD minus no KD on the same seeds: mean, wins/ties/losses, the two-sided sign-test p (ties dropped) and the
+    two-sided paired t-test p (None for fewer than 2 seeds or all-equal differences)."""
+    import math
+
+    n = len(diffs)
+    wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    k = wins + losses
+    sign_p = min(1.0, 2 * sum(math.comb(k, i) for i in range(min(wins, losses) + 1)) / 2**k) if k else 1.0
+    t_p = None
+    if n > 1 and statistics.stdev(diffs) > 0:
+        from scipy import stats
+
+        t_p = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    return {"n": n, "mean": statistics.mean(diffs), "wins": wins, "ties": n - k, "losses": losses,
+            "sign_p": sign_p, "t_p": t_p}
+
+
+def explore_tables(points: dict[str, Any]) -> list[str]:
+    """One table per (teacher, ratio, budget, augmentation, labels): per setting the accuracy per seed, mean ± std,
+    and against no KD on the same seeds the differences, wins/ties/losses and two p-values."""
+    lines = ["## Exploration (torch only, in one process: `--explore`)", "",
+             "The same pruned starting weights, training loop and BatchNorm re-estimation; accuracy in torch on the "
+             "539-sample eval split (on every pipeline point above torch and ORT gave the same accuracy). Each table: "
+             "one budget (the same steps and batches for every setting of a seed; with augmentation the same augmented "
+             "batches, which the teacher sees too). Paired: KD minus no KD on the same seed; sign p: two-sided "
+             "sign test (ties dropped); t p: two-sided paired t-test.", ""]
+    groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
+    for v in points.values():
+        gk = (v["teacher_epochs"], v["ratio"], v["epochs"], v.get("aug", "none"), v.get("labels"))
+        groups.setdefault(gk, {}).setdefault(v["setting"], []).append(v)
+    for (te, r, e, aug, labels), st in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][4] is not None,
+                                                                               kv[0][3], kv[0][2])):
+        any_v = next(iter(st.values()))[0]
+        t_acc = next((v["teacher_torch"] for vs in st.values() for v in vs if "teacher_torch" in v), None)
+        head = (f"### Teacher {te} epochs" + (f" ({t_acc:.2f}%)" if t_acc is not None else "") + f", {int(r * 100)}% pruned "
+                f"({any_v['pruned_torch']:.2f}% before fine-tuning), {e} epochs = {any_v['steps']} steps, "
+                f"augment {aug}" + (f" {json.dumps(any_v['augment'])}" if any_v.get("augment") else ""))
+        if labels is not None:
+            head += (f", {labels:.0%} of the training labels (no KD and alpha < 1 train on those "
+                     f"{min(v['train_samples'] for vs in st.values() for v in vs)} samples; label-free KD on all "
+                     f"{max(v['train_samples'] for vs in st.values() for v in vs)} inputs)")
+        lines += [head, "", "| setting | per seed % | mean ± std | KD - no KD per seed | mean diff | W/T/L | sign p "
+                  "| t p |", "|---|---|---|---|---|---|---|---|"]
+        base = {v["seed"]: v["finetuned_torch"] for v in st.get("no_kd", [])}
+        for name in sorted(st, key=lambda n: (n != "no_kd", n)):
+            vs = sorted(st[name], key=lambda v: v["seed"])
+            accs = [v["finetuned_torch"] for v in vs]
+            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            row = (f"| {name} | " + ", ".join(f"s{v['seed']} {v['finetuned_torch']:.2f}" for v in vs)
+                   + f" | {statistics.mean(accs):.2f} ± {sd:.2f} |")
+            diffs = [v["finetuned_torch"] - base[v["seed"]] for v in vs if v["seed"] in base]
+            if name != "no_kd" and diffs:
+                t = paired_test(diffs)
+                tp = "" if t["t_p"] is None else f"{t['t_p']:.3f}"
+                row += (f" {', '.join(f'{d:+.2f}' for d in diffs)} | {t['mean']:+.2f} | {t['wins']}/{t['ties']}/"
+                        f"{t['losses']} | {t['sign_p']:.2f} | {tp} |")
+            else:
+                row += " | | | | |"
+            lines.append(row)
+        lines.append("")
+    return lines
 
 
 def load() -> dict[str, Any]:
@@ -267,13 +368,16 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--render", action="store_true", help="only re-write the markdown from the json")
     ap.add_argument("--redo", action="store_true", help="re-run points already in the json")
     ap.add_argument("--explore", action="store_true", help="torch-only in-process points (res['explore'])")
+    ap.add_argument("--augment", nargs="+", choices=list(AUGMENTS), default=["none"], help="--explore: finetune.augment")
+    ap.add_argument("--labels", type=float, nargs="+", default=[None],
+                    help="--explore: fraction of the training split that keeps its labels (label-scarce case)")
     a = ap.parse_args(argv)
     res = load()
     if a.explore:
         for t in a.teacher_epochs:
             for r in a.ratio:
-                explore(t, r, [{"setting": st, "seed": s, "epochs": e} for e in a.epochs for s in a.seeds
-                               for st in a.only], res)
+                explore(t, r, [{"setting": st, "seed": s, "epochs": e, "aug": au, "labels": lb} for e in a.epochs
+                               for au in a.augment for lb in a.labels for s in a.seeds for st in a.only], res)
     elif not a.render:
         grid = [(t, r, e, s, st) for t in a.teacher_epochs for r in a.ratio for e in a.epochs for s in a.seeds
                 for st in a.only]
