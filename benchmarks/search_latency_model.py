@@ -42,10 +42,17 @@ def space_for(res: int):
     return load_space("inverted_residual", {**kw, "depths": [2, 3, 4], "expands": [3, 4, 6], "kernels": [3, 5, 7]})
 
 
+MAX_RUNS = {32: 300, 224: 60}
+
+
 def policy(timing: dict, res: int) -> dict:
     """The timing policy at ``res``: every session runs until the slowest-to-finish one is done, so the cap on
-    calls is what bounds the run: 1000 at 32x32 (2 ms networks), 100 at 224x224 (10-20 ms networks)."""
-    return {**timing, "max_runs": 1000 if res < 128 else 100}
+    calls is what bounds the run (``--max-runs``; default 300 at 32x32 with 1-2 ms networks, 60 at 224x224 with
+    8-20 ms ones: two sessions of one file differ by far more than the p50's sampling error at those counts,
+    so the time goes into more sessions instead)."""
+    caps = timing.get("max_runs_by_res") or {}
+    return {**{k: v for k, v in timing.items() if k != "max_runs_by_res"},
+            "max_runs": int(caps.get(str(res), MAX_RUNS.get(res, 300)))}
 
 
 def service(cache_dir: Path, res: int, timing: dict):
@@ -122,7 +129,7 @@ def pruned(art, folder: Path):
 
 
 def run_one(res: int, prec: str, n_holdout: int, work: Path, cache_dir: Path, timing: dict, log,
-            repeats: int = 2, seed: int | None = None) -> dict:
+            repeats: int = 4, seed: int | None = None, block_repeats: int = 3, correction: str = "auto") -> dict:
     import numpy as np
 
     from compress.search import latency as lat
@@ -147,31 +154,51 @@ def run_one(res: int, prec: str, n_holdout: int, work: Path, cache_dir: Path, ti
     t0 = time.time()
     model, rows = lat.build(space, lambda arts: m.latency(arts, label=f"{res}px {prec}: {len(arts)} artifacts"),
                             work / "arts", input_shape=(1, 3, res, res), calibration=calibration, holdout=holdout,
-                            prepare=prepare, repeats=repeats, log=log)
+                            prepare=prepare, repeats=repeats, block_repeats=block_repeats, correction=correction,
+                            log=log)
     meas = [r["measured_ms"] for r in rows]
     out = {"resolution": res, "precision": prec, "holdout_seed": res if seed is None else seed,
+           "design": {"repeats": repeats, "block_repeats": block_repeats, "correction": correction,
+                      "max_runs": policy(timing, res)["max_runs"], "truth": f"median of {repeats} sessions"},
            "blocks": len(model.table), "seams": model.seams, "block_stat": model.block_stat,
            "block_stat_selection": model.selection,
            "session_drift_per_100": round(model.drift * 100, 5),
            "repeatability_raw": lat.validate([r["raw_reps"][0] for r in rows], [r["raw_reps"][1] for r in rows]),
            "calibration_networks": len(model.calibration),
-           "correction": {"kind": model.correction, "a": model.a, "b": model.b},
+           "correction": {"kind": model.correction, "a": model.a, "b": model.b, "w": model.w},
+           "calibration": [{k: r[k] for k in ("base_ms", "measured_ms", "measured_reps")} for r in model.calibration],
            "seconds": round(time.time() - t0, 1), "cached": m.last_latency_cached,
            "model": lat.validate([r["predicted_ms"] for r in rows], meas), **ablations(model, space, rows),
            "measured_ms": {"min": min(meas), "median": float(np.median(meas)), "max": max(meas)},
-           "repeatability": repeatability(rows),
+           "repeatability": repeatability(rows), "split_half": split_half(rows),
+           "model_vs_2_sessions": lat.validate([r["predicted_ms"] for r in rows],
+                                               [float(np.mean(r["measured_reps"][:2])) for r in rows]),
            "rows": rows}
     return out, model, space, holdout
 
 
-ABLATIONS = {  # name: (block statistic, seams?, correction)
-    "plain_sum": ("p50", False, None),                 # the p50 table, no correction
-    "plain_sum_affine": ("p50", False, "affine"),      # the last session's model
-    "p50_seams_affine": ("p50", True, "affine"),       # the model with the p50 entries
-    "cold_seams_affine": ("cold", True, "affine"),     # the model with the cold entries
-    "cold_seams_scale": ("cold", True, "scale"),       # one scale (the choice before the seed-7 development set)
-    "cold_affine": ("cold", False, "affine"),          # no seams
+ABLATIONS = {  # name: (block statistic, seams?, correction, blocks from their first session only?)
+    "plain_sum": ("p50", False, None, False),                 # the p50 table, no correction
+    "plain_sum_affine": ("p50", False, "affine", False),      # an earlier session's model
+    "p50_seams_affine": ("p50", True, "affine", False),       # the previous session's model (p50 won at both sizes)
+    "p50_seams_weights": ("p50", True, "weights", False),     # + the weights term
+    "cold_seams_affine": ("cold", True, "affine", False),
+    "cold_seams_weights": ("cold", True, "weights", False),
+    "auto_one_block_session": ("auto", True, "auto", True),   # the model's rule, blocks timed in one session
+    "affine_one_block_session": ("p50", True, "affine", True),  # the previous session's model and measurement
 }
+
+
+def first_session(model):
+    """A copy of ``model`` whose block and pair entries come from their first session only."""
+    import copy
+
+    m = copy.deepcopy(model)
+    for e in (*m.table.values(), *m.pairs.values()):
+        for stat in ("p50", "cold"):
+            if e.get(f"{stat}_reps"):
+                e[f"{stat}_ms"] = e[f"{stat}_reps"][0]
+    return m.restat(m.block_stat)
 
 
 def ablations(model, space, rows: list[dict]) -> dict:
@@ -179,13 +206,19 @@ def ablations(model, space, rows: list[dict]) -> dict:
     from compress.search import latency as lat
 
     meas, out = [r["measured_ms"] for r in rows], {}
-    for name, (stat, seams, corr) in ABLATIONS.items():
-        m = model.restat(stat)
-        if not seams:
-            m.seams = {}
-        cal = model.calibration
-        if corr:
-            m.a, m.b = lat.fit_correction([m.base(space, r["config"]) for r in cal], [r["measured_ms"] for r in cal], corr)
+    cal = [r["config"] for r in model.calibration]
+    cal_ms = [r["measured_ms"] for r in model.calibration]
+    for name, (stat, seams, corr, one) in ABLATIONS.items():
+        src = first_session(model) if one else model
+        if stat == "auto":
+            m = lat.choose(src, space, cal, cal_ms, "auto", corr)
+        else:
+            m = src.restat(stat)
+            if not seams:
+                m.seams = {}
+            if corr:
+                m.correction = corr
+                m = m.refit(space, cal, cal_ms)
         out[name] = lat.validate([m.predict(space, r["config"]) for r in rows], meas)
     return out
 
@@ -199,8 +232,23 @@ def repeatability(rows: list[dict]) -> dict | None:
     return lat.validate([r["measured_reps"][0] for r in rows], [r["measured_reps"][1] for r in rows])
 
 
+def split_half(rows: list[dict]) -> dict | None:
+    """Split-half ceiling: the median of the first half of each held-out net's sessions as a 'prediction' of
+    the median of the second half (with 4 sessions: the mean of sessions 1-2 vs of 3-4). Against the truth
+    (the median of all sessions) a noise-free predictor scores about half this MAPE."""
+    import numpy as np
+
+    from compress.search import latency as lat
+
+    k = len(rows[0]["measured_reps"]) // 2
+    if k < 1 or len(rows[0]["measured_reps"]) < 4:
+        return None
+    return lat.validate([float(np.median(r["measured_reps"][:k])) for r in rows],
+                        [float(np.median(r["measured_reps"][k:2 * k])) for r in rows])
+
+
 def prune_chain(models: dict, res: int, n: int, work: Path, cache_dir: Path, timing: dict, repeats: int,
-                log) -> dict:
+                log, block_repeats: int = 1, correction: str = "auto") -> dict:
     """``n`` held-out subnets spread over the latency range (``latency.spread_configs``, seed 1, none a
     calibration subnet) -> prune.structured adapter -> INT8, each timed in ``repeats`` sessions, in ONE
     session with the INT8 blocks *at the widths the prune leaves* (``PrunedView``), their seams and the 10
@@ -229,7 +277,8 @@ def prune_chain(models: dict, res: int, n: int, work: Path, cache_dir: Path, tim
 
     pmodel, rows = lat.build(view, lambda arts: m.latency(arts, label=f"pruned {res}px int8: {len(arts)} artifacts"),
                              work / "arts", input_shape=shape, calibration=calibration, holdout=nets, prepare=prepare,
-                             repeats=repeats, network=network, log=log)
+                             repeats=repeats, block_repeats=block_repeats, correction=correction, network=network,
+                             log=log)
     meas = [r["measured_ms"] for r in rows]
     reps = list(zip(*[r["measured_reps"] for r in rows]))
     out = {"cached": m.last_latency_cached, "resolution": res, "networks": len(nets), "blocks": len(pmodel.table),
@@ -257,68 +306,79 @@ def args_clock(report: dict) -> str:
     return next(iter(report["timing"].values()))["clock"] if "clock" not in report["timing"] else report["timing"]["clock"]
 
 
+ROWS = (("model", "**model** (rule in the row below)"), ("plain_sum", "p50 blocks, plain sum"),
+        ("plain_sum_affine", "p50 plain sum + affine"),
+        ("affine_one_block_session", "previous model: p50 - seams, affine, blocks from 1 session"),
+        ("p50_seams_affine", "p50 - seams, affine"), ("p50_seams_weights", "p50 - seams, affine + weights"),
+        ("cold_seams_affine", "cold - seams, affine"), ("cold_seams_weights", "cold - seams, affine + weights"),
+        ("auto_one_block_session", "model's rule, blocks from 1 session"),
+        ("model_vs_2_sessions", "model vs a truth of sessions 1-2 only"),
+        ("repeatability", "repeat: session 1 vs session 2"),
+        ("split_half", "split half: sessions 1-2 vs 3-4"),
+        ("repeatability_raw", "repeat, no drift correction"))
+
+
 def render(report: dict) -> list[str]:
     cpu = report["cpu"]
     lines = ["# Latency model of the search (inverted-residual family, ONNX Runtime CPU, 1 thread, batch 1)", "",
-             f"`{report['command']}` — CPU {cpu['cpu_model']} ({', '.join(cpu['cpu_flags'] or [])}), "
-             f"{cpu['physical_cores']} cores. Timing policy per resolution in the JSON (clock: {args_clock(report)}); every measurement ran under the "
-             "shared CPU lock (`flock /work/cpu.lock`); its 1-min load average before/after is in each row.", "",
+             f"CPU {cpu['cpu_model']} ({', '.join(cpu['cpu_flags'] or [])}), {cpu['physical_cores']} cores, "
+             f"clock {args_clock(report)}; timing policy per resolution in the JSON. Every row was measured under "
+             "the shared CPU lock (`flock /work/cpu.lock`) by the command and at the 1-min load average given "
+             "under it; `--render` re-renders this file from the JSON.", "",
              "Per resolution and precision, ONE interleaved session (sessions in a seeded random order) times every "
-             "block, one pair of adjacent blocks per seam, the 10 calibration subnets (smallest to largest, "
-             "`latency.calibration_configs`: the only nets any correction is fitted on) and 50 held-out random "
-             "subnets (seed in the row), every network in two sessions (truth = their mean p50). Model = (sum of "
-             "the blocks' timings - the seams between them) then an affine fit on the calibration nets "
-             "(guarded: a pure scale when that fits them no worse). A block's timing is its *cold* one (its first "
-             "call in each interleaving round, right after the other sessions ran, `latency.cold_ms`) or its p50, "
-             "whichever predicts the calibration nets better leave-one-out (`latency.loo_mape`). Every timing is corrected for the drift with the order "
-             "sessions were opened in, estimated from the calibration nets' two sessions only "
-             "(`latency.session_drift`). 'Repeat' = session 1 of each held-out net as a prediction of session 2: "
-             "the measurement's own ceiling (its truth is one session, the model's the mean of two).", "",
+             "block and one pair of adjacent blocks per seam, each in `block_repeats` sessions (an entry is the "
+             "median over them), the 10 calibration subnets (`latency.calibration_configs`: smallest, largest, "
+             "4 spread between them and 4 *contrast* nets whose early and late genes sit at opposite levels: "
+             "the only nets anything is fitted on) and 50 held-out random subnets (seed in the row), every "
+             "network in `repeats` sessions (truth = their median p50). Model = (sum of the blocks - the seams "
+             "between them), then a correction fitted on the calibration nets: affine (a * x + b) or affine + "
+             "weights (a * x + b + w * million weights: a block timed alone keeps its weights in cache between "
+             "calls, in a network the other blocks evict them), with p50 or cold block entries, the combination "
+             "chosen by leave-one-out MAPE on the calibration nets (`latency.choose`). Every timing is corrected "
+             "for the drift with the order sessions were opened in (calibration nets' sessions only). "
+             "Ceilings: 'repeat' = session 1 of each held-out net as a prediction of session 2; 'split half' = "
+             "the mean of sessions 1-2 as a prediction of the mean of sessions 3-4 (noise-free predictor vs the "
+             "4-session truth: about half that MAPE).", "",
              "| res | prec | predictor | MAPE | bias | Kendall tau | close pairs ordered | within ±10% |",
              "|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         at = r.get("measured_at", {})
-        for k, name in (("model", "**model: blocks - seams, affine**"), ("plain_sum", "p50 blocks, plain sum"),
-                        ("plain_sum_affine", "p50 plain sum + affine (last session's model)"),
-                        ("p50_seams_affine", "p50 blocks - seams, affine"),
-                        ("cold_seams_affine", "cold blocks - seams, affine"),
-                        ("cold_seams_scale", "cold blocks - seams, x scale"), ("cold_affine", "cold blocks, affine"),
-                        ("repeatability", "repeat (ceiling)"), ("repeatability_raw", "repeat, no drift correction")):
+        d = r.get("design") or {"repeats": 2, "block_repeats": 1, "correction": "affine", "truth": "mean of 2"}
+        for k, name in ROWS:
             if r.get(k):
                 lines.append(f"| {r['resolution']} | {r['precision']} | {name} | {fmt(r[k])} |")
+        c = r["correction"]
         lines.append(f"| | | median {r['measured_ms']['median']:.3f} ms [{r['measured_ms']['min']:.3f}-"
-                     f"{r['measured_ms']['max']:.3f}], held-out seed {r.get('holdout_seed')}, {r['blocks']} blocks, "
-                     f"{len(r['seams'])} seams, block timings {r['block_stat']} (leave-one-out MAPE on the calibration nets "
-                     f"{r.get('block_stat_selection', {}).get('loo_mape_pct')}), session drift {r.get('session_drift_per_100')}/100 positions, scale "
-                     f"{r['correction']['a']:.4f}; load {at.get('load_before')} -> {at.get('load_after')} "
-                     f"({at.get('utc', '')[:16]}) | | | | | |")
+                     f"{r['measured_ms']['max']:.3f}], held-out seed {r.get('holdout_seed')}, {r['blocks']} blocks x "
+                     f"{d['block_repeats']} sessions, {len(r['seams'])} seams, nets x {d['repeats']} sessions (truth: "
+                     f"{d['truth']}), max_runs {d.get('max_runs')}; chosen: {r['block_stat']} entries, "
+                     f"{c['kind']} (a {c['a']:.4f}, b {c['b']:.4f} ms, w {c.get('w', 0.0):.4f} ms/M weights; "
+                     f"leave-one-out MAPE {r.get('block_stat_selection', {}).get('loo_mape_pct')}); session drift "
+                     f"{r.get('session_drift_per_100')}/100 positions; {r.get('seconds')} s; load "
+                     f"{at.get('load_before')} -> {at.get('load_after')} ({at.get('utc', '')[:16]}); "
+                     f"`{r.get('command', report['command'])}` | | | | | |")
     chain = report.get("prune_chain")
     if chain:
         at = chain.get("measured_at", {})
         taus = "; ".join(f"{k[len('kendall_tau_'):].replace('_', ' ')} **{v}**" for k, v in chain.items()
                          if k.startswith("kendall_tau_"))
-        lines += ["", f"Chain: {chain['networks']} held-out subnets at {chain['resolution']}x{chain['resolution']} "
+        lines += ["", f"Chain ({at.get('utc', '')[:16]}, load {at.get('load_before')} -> {at.get('load_after')}"
+                  f"{', measured with the previous design: blocks in 1 session, nets in 2, affine' if 'design' not in chain else ''}): "
+                  f"{chain['networks']} held-out subnets at {chain['resolution']}x{chain['resolution']} "
                   f"spread over the latency range ({chain['held_out']}; {min(chain['measured_ms']):.3f}-"
-                  f"{max(chain['measured_ms']):.3f} ms after the chain), {chain['prune']}, then INT8, each timed in two "
-                  f"sessions, in one session with the {chain['blocks']} INT8 blocks at the widths the prune leaves "
+                  f"{max(chain['measured_ms']):.3f} ms after the chain), {chain['prune']}, then INT8, timed "
+                  f"in one session with the {chain['blocks']} INT8 blocks at the widths the prune leaves "
                   "(`compress.search.pruned.PrunedView`), their seams and the 10 pruned calibration subnets. "
                   f"Kendall tau between a table's prediction and the measured latency after prune + INT8: {taus}. "
                   f"Pruned INT8 table on these nets: {fmt(chain['pruned_int8_table'])} (MAPE | bias | tau | close "
-                  f"pairs | within ±10%); two sessions of the same nets agree at tau {chain['repeat_tau']} (ceiling). "
-                  f"Load {at.get('load_before')} -> {at.get('load_after')}."]
-    lines += ["", "What was fitted on what: the correction (and the choice between cold and p50 block timings, by "
-              "leave-one-out) on the 10 calibration nets only; the session drift on the calibration nets' two "
-              "sessions only; nothing on the held-out nets. The method was developed on other held-out sets: the "
-              "seams and cold timings on a 32x32 FP32 set (seed 32), the affine instead of one scale after the "
-              "32x32 seed-7 set (INT8: scale 4.64% vs affine 1.96% MAPE; FP32 3.17% vs 3.26%), the leave-one-out "
-              "choice after the 224 FP32 seed-7 set showed p50 better than cold there. 32x32 was then re-measured "
-              "on a fresh seed (11, the rows above); 224 INT8 seed 7 was not looked at before the final rule. "
-              "The pruned chain set (spread, seed 1) was not used for any choice.",
-              "", "Reading the repeat rows: two sessions of the same ONNX file in the same interleaved run differ "
-              "by 1.3-3.5% MAPE (sub-2 ms networks at 32x32, and INT8 at 224 in this run), which bounds what any "
-              "predictor can score against a truth of two sessions; 'close pairs ordered' of two sessions of the "
-              "same nets is 67-93%."]
+                  f"pairs | within ±10%); two sessions of the same nets agree at tau {chain['repeat_tau']} (ceiling)."]
+    lines += ["", *NOTES]
     return lines
+
+
+NOTES = ["What was fitted on what: the correction, its kind and the block statistic on the 10 calibration nets "
+         "only (leave-one-out); the session drift on the calibration nets' sessions only; nothing on the "
+         "held-out nets."]
 
 
 def measured_at(t0_load: float, cached: bool, previous: dict | None) -> dict:
@@ -359,7 +419,12 @@ def main(argv: list[str]) -> int:
                     help="seed of the held-out random subnets: SEED for every resolution or RES:SEED pairs (default "
                     "32:11 224:7; at 32, seed 7 was the development set the affine correction was chosen on, 11 "
                     "the fresh set it was then validated on); a resolution not named: its own number")
-    ap.add_argument("--repeats", type=int, default=2, help="independent sessions per held-out net (truth = mean)")
+    ap.add_argument("--repeats", type=int, default=4, help="independent sessions per calibration and held-out net "
+                    "(truth = their median)")
+    ap.add_argument("--block-repeats", type=int, default=3, help="sessions per block and seam pair (entry = median)")
+    ap.add_argument("--correction", default="auto", choices=["scale", "affine", "weights", "auto"])
+    ap.add_argument("--max-runs", nargs="+", default=[f"{r}:{n}" for r, n in MAX_RUNS.items()],
+                    help="RES:N calls per session at most (the cap that bounds the run)")
     ap.add_argument("--cache", default=str(ROOT / ".compress-cache-bench"))
     ap.add_argument("--out", default=str(ROOT / "reports" / "search_latency_model"))
     args = ap.parse_args(argv)
@@ -368,7 +433,8 @@ def main(argv: list[str]) -> int:
         out.with_suffix(".md").write_text("\n".join(render(json.loads(out.with_suffix(".json").read_text()))) + "\n")
         return 0
     timing = {"warmup_runs": 5, "warmup_seconds": 0.05, "min_runs": 30, "max_runs": 1000, "min_seconds": 0.3,
-              "max_seconds": 5.0, "block": 3, "clock": args.clock}
+              "max_seconds": 5.0, "block": 3, "clock": args.clock,
+              "max_runs_by_res": dict(x.split(":") for x in args.max_runs)}
     work = Path(tempfile.mkdtemp(prefix="search-latency-"))
     env = fingerprint()
     import os
@@ -384,25 +450,36 @@ def main(argv: list[str]) -> int:
                 load0 = os.getloadavg()[0]
                 r, model, space, holdout = run_one(res, prec, args.holdout, work / f"{res}-{prec}", Path(args.cache),
                                                    timing, lambda s: print("  " + s, flush=True),
-                                                   args.repeats, seed_for(args.holdout_seed, res))
+                                                   args.repeats, seed_for(args.holdout_seed, res), args.block_repeats,
+                                                   args.correction)
                 models.setdefault(res, {})[prec] = (model, space, holdout, res)
                 r["measured_at"] = measured_at(load0, r.pop("cached"), prev_at.get((res, prec)))
+                r["command"] = "python benchmarks/search_latency_model.py " + " ".join(argv)
                 results.append(r)
-                for k in ("model", *ABLATIONS, "repeatability", "repeatability_raw"):
+                for k in ("model", *ABLATIONS, "model_vs_2_sessions", "repeatability", "split_half",
+                          "repeatability_raw"):
                     print(f"  {k:18s} {json.dumps(r[k])}", flush=True)
         chain = None
         if args.prune and models:
             res = 32 if 32 in models else next(iter(models))
             load0 = os.getloadavg()[0]
             chain = prune_chain(models[res], res, args.prune_nets, work / "prune", Path(args.cache), timing,
-                                args.repeats, lambda s: print("  " + s, flush=True))
+                                args.repeats, lambda s: print("  " + s, flush=True), args.block_repeats,
+                                args.correction)
+            chain["design"] = {"repeats": args.repeats, "block_repeats": args.block_repeats, "correction": args.correction}
             chain["measured_at"] = measured_at(load0, chain.pop("cached"), (prev.get("prune_chain") or {}).get("measured_at"))
             print(f"== prune + INT8 at {res}: {json.dumps({k: v for k, v in chain.items() if 'tau' in k})}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    # merge: a (resolution, precision) not run now keeps its previous result (each row names its command)
+    done = {(r["resolution"], r["precision"]) for r in results}
+    results += [r for r in prev.get("results", []) if (r["resolution"], r["precision"]) not in done]
+    results.sort(key=lambda r: (r["resolution"], r["precision"]))
     report = {"command": "python benchmarks/search_latency_model.py " + " ".join(argv),
               "cpu": {k: env.get(k) for k in ("cpu_model", "cpu_flags", "physical_cores", "load_avg_1m")},
-              "packages": env.get("packages"), "timing": {str(r): policy(timing, r) for r in args.res}, "results": results, "prune_chain": chain}
+              "packages": env.get("packages"),
+              "timing": {**prev.get("timing", {}), **{str(r): policy(timing, r) for r in args.res}},
+              "results": results, "prune_chain": chain or prev.get("prune_chain")}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     lines = render(report)

@@ -324,7 +324,7 @@ def test_calibration_subnets_span_the_space_and_the_fit_is_guarded():
     a, b = lat.fit_affine([1.0, 1.01, 1.02, 3.0], [1.0, 1.0, 1.0, 0.2])
     assert b == 0.0 and a == pytest.approx(float(np.median([1.0, 1 / 1.01, 1 / 1.02, 0.2 / 3.0])))
     # the default correction is one scale: one wild network does not move it
-    assert lat.fit_correction([1.0, 2.0, 3.0, 4.0, 5.0], [1.1, 2.2, 3.3, 4.4, 50.0]) == pytest.approx((1.1, 0.0))
+    assert lat.fit_correction([1.0, 2.0, 3.0, 4.0, 5.0], [1.1, 2.2, 3.3, 4.4, 50.0]) == pytest.approx((1.1, 0.0, 0.0))
     # a held-out set spread like the calibration nets, disjoint from them
     held = lat.spread_configs(space, 12, seed=1, exclude=nets)
     assert len({space.key(c) for c in held}) == 12 and not {space.key(c) for c in held} & {space.key(c) for c in nets}
@@ -362,3 +362,84 @@ def test_leave_one_out_error_of_the_correction():
     bent = [0.8 * x + 0.1 + (0.3 if i == 2 else 0.0) for i, x in enumerate(exact)]
     assert lat.loo_mape(exact, bent, "affine") > 1.0  # the odd network is predicted by the others' fit
     assert lat.loo_mape(exact[:2], bent[:2], "affine") is None
+
+
+def test_weights_correction_is_fitted_guarded_and_chosen_leave_one_out():
+    base = [1.0, 2.0, 3.0, 4.0, 5.0, 2.5]
+    weights = [0.5, 3.0, 1.0, 4.0, 2.0, 0.2]  # not in lock-step with the sum (contrast nets)
+    streamed = [0.9 * s + 0.05 * w + 0.1 for s, w in zip(base, weights)]
+    assert lat.fit_weights(base, weights, streamed) == pytest.approx((0.9, 0.1, 0.05))
+    # a negative weight cost is not physical: the plain affine instead (w = 0)
+    odd = [0.9 * s - 0.05 * w + 0.1 for s, w in zip(base, weights)]
+    assert lat.fit_weights(base, weights, odd)[2] == 0.0
+    assert lat.fit_correction(base, streamed, "weights", weights) == pytest.approx((0.9, 0.1, 0.05))
+    assert lat.fit_correction(base, streamed, "affine", weights)[2] == 0.0
+    assert lat.loo_mape(base, streamed, "weights", weights) == pytest.approx(0.0, abs=1e-9)
+    assert lat.loo_mape(base, streamed, "affine") > 0.5
+
+
+class _Stats:  # what build reads from a measurement: p50 and (no) rounds
+    def __init__(self, ms):
+        self.p50_ms, self.rounds, self.samples_ms = ms, [], []
+
+
+def test_build_takes_the_median_over_sessions_and_chooses_the_weights_term(tmp_path):
+    """A fake measurement (no runtime): a block costs 0.05 ms + 0.01 ms per thousand weights, a network its
+    blocks' sum plus 0.02 ms per thousand weights (streamed again); one session of every block and network
+    is 30% slow. Entries and truths are medians over sessions (the slow one ignored); 'auto' picks the weights
+    term leave-one-out and the model then predicts held-out networks exactly."""
+    space = load_space("inverted_residual", {**TINY_MB, "resolutions": [8]})
+    blocks = {b.key: b for b in lat.all_blocks(space)}
+    counts = {k: lat.block_counts(b)["params"] for k, b in blocks.items()}
+    n_params = {}  # artifact folder -> thousands of weights
+
+    def net(c, folder, i):
+        n_params[str(folder)] = (sum(counts[b.key] for b in space.blocks(c)) / 1e3, len(space.blocks(c)))
+        return lat.recipe_artifact(space.recipe(c), (1, 1, 8, 8), folder, seed=i)
+
+    calls = {}
+
+    def measure(arts):
+        out = []
+        for a in arts:
+            k = str(a.dir)
+            calls[k] = calls.get(k, 0) + 1
+            slow = 1.3 if calls[k] == 2 else 1.0
+            if k in n_params:
+                w, n = n_params[k]
+                out.append(_Stats(slow * (0.03 * w + 0.05 * n)))
+            else:
+                kw = a.recipe["kwargs"]
+                parts = kw["parts"] if "parts" in kw else [a.recipe]
+                from compress.artifact import import_callable
+
+                w = sum(sum(p.numel() for p in import_callable(r["callable"])(**r["kwargs"]).parameters())
+                        for r in parts)
+                out.append(_Stats(slow * (0.01 * w / 1e3 + 0.05 * len(parts))))
+        return out
+
+    rng = np.random.default_rng(0)
+    calibration = lat.calibration_configs(space, 8)
+    holdout = [space.sample(rng) for _ in range(10)]
+    model, rows = lat.build(space, measure, tmp_path / "w", input_shape=(1, 1, 8, 8), calibration=calibration,
+                            holdout=holdout, repeats=3, block_repeats=3, correction="auto", network=net,
+                            shuffle=None)
+    assert all(len(e["p50_reps"]) == 3 for e in model.table.values())
+    e = next(iter(model.table.values()))
+    assert e["p50_ms"] == pytest.approx(sorted(e["p50_reps"])[1]) and max(e["p50_reps"]) == pytest.approx(1.3 * e["p50_ms"])
+    assert all(r["measured_ms"] == pytest.approx(min(r["measured_reps"])) for r in rows)  # the slow session ignored
+    assert model.correction == "weights" and model.w > 0
+    assert model.selection["loo_mape_pct"]["p50/weights"] < model.selection["loo_mape_pct"]["p50/affine"]
+    assert lat.validate([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])["mape_pct"] < 0.5
+    # the stage's refit in a later session keeps the correction kind
+    again = model.refit(space, calibration, [2 * r["measured_ms"] for r in model.calibration])
+    assert again.correction == "weights" and again.predict(space, holdout[0]) == pytest.approx(
+        2 * model.predict(space, holdout[0]), rel=1e-6)
+
+
+def test_calibration_subnets_include_contrast_nets():
+    space = load_space("inverted_residual", TINY_MB)
+    nets = lat.calibration_configs(space, 8)
+    params = [sum(p.numel() for p in space.extract(space.supernet(), c).parameters()) for c in nets]
+    # weights do not grow in lock-step along the calibration set: some inner net is lighter than an earlier one
+    assert any(params[i] < max(params[:i]) for i in range(2, len(params) - 1))

@@ -37,9 +37,10 @@ class LatencyModel:
     block_stat: str = "p50"  # which statistic the entries ("ms") and seams are: "cold" | "p50"
     drift: float = 0.0  # per-session-position drift (log scale) the timings were corrected for
     selection: dict[str, Any] = field(default_factory=dict)  # how block_stat was chosen (leave-one-out MAPEs)
-    correction: str = "affine"  # "scale" (b = 0) | "affine": how a, b were fitted
+    correction: str = "affine"  # "scale" (b = 0) | "affine" | "weights" (+ w * weights): how a, b, w were fitted
     a: float = 1.0
     b: float = 0.0
+    w: float = 0.0  # ms per million weights a network pays beyond its blocks' sum ("weights" correction)
     ridge: dict[str, Any] | None = None  # {"coef": [...], "intercept": x}
     calibration: list[dict[str, Any]] = field(default_factory=list)  # [{config, sum_ms, measured_ms}]
 
@@ -60,21 +61,35 @@ class LatencyModel:
         return {k: sum(self.table[b][key] for b in p["blocks"]) - p[key] for k, p in self.pairs.items()}
 
     def restat(self, block_stat: str) -> "LatencyModel":
-        """A copy whose entries and seams are ``block_stat`` (uncorrected: a = 1, b = 0)."""
+        """A copy whose entries and seams are ``block_stat`` (uncorrected: a = 1, b = w = 0)."""
         import copy
 
         m = copy.deepcopy(self)
-        m.block_stat, m.a, m.b = block_stat, 1.0, 0.0
+        m.block_stat, m.a, m.b, m.w = block_stat, 1.0, 0.0, 0.0
         for e in m.table.values():
             e["ms"] = e[f"{block_stat}_ms"]
         m.seams = m.seams_from_pairs()
         return m
 
+    def weights(self, space: SearchSpace, config: Config) -> float:
+        """The config's weights (millions): the sum of its blocks' parameter counts."""
+        return sum(self.table[b.key]["params"] for b in space.blocks(config)) / 1e6
+
     def predict(self, space: SearchSpace, config: Config) -> float:
         if self.kind == "learned":
             enc = space.encode(config)
             return float(sum(c * e for c, e in zip(self.ridge["coef"], enc)) + self.ridge["intercept"])
-        return self.a * self.base(space, config) + self.b
+        return self.a * self.base(space, config) + self.b + (self.w * self.weights(space, config) if self.w else 0.0)
+
+    def refit(self, space: SearchSpace, configs: list[Config], measured: list[float]) -> "LatencyModel":
+        """A copy whose correction (``self.correction``) is fitted to ``configs`` measured as ``measured`` (ms):
+        what the stage does when it re-times the calibration subnets in a later session."""
+        import copy
+
+        m = copy.deepcopy(self)
+        m.a, m.b, m.w = fit_correction([m.base(space, c) for c in configs], measured, m.correction,
+                                       [m.weights(space, c) for c in configs])
+        return m
 
     def counts(self, space: SearchSpace, config: Config) -> dict[str, int] | None:
         """Params and MACs as sums over blocks (exact: every layer sits in one block); None without a table."""
@@ -87,7 +102,7 @@ class LatencyModel:
         return {"kind": self.kind, "table": self.table, "seams": self.seams, "pairs": self.pairs,
                 "block_stat": self.block_stat, "drift": self.drift, "selection": self.selection,
                 "correction": self.correction,
-                "a": self.a, "b": self.b, "ridge": self.ridge, "calibration": self.calibration}
+                "a": self.a, "b": self.b, "w": self.w, "ridge": self.ridge, "calibration": self.calibration}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "LatencyModel":
@@ -147,8 +162,9 @@ Measure = Callable[[list["Artifact"]], list[Any]]  # artifacts -> LatencyStats (
 
 def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: tuple[int, ...],
           calibration: list[Config], holdout: list[Config] = (), prepare: Callable[["Artifact"], "Artifact"] | None = None,
-          repeats: int = 1, seams: bool = True, correction: str = "affine", block_stat: str = "auto",
-          shuffle: int | None = 0, network: Callable[[Config, Path, int], "Artifact"] | None = None,
+          repeats: int = 1, block_repeats: int = 1, seams: bool = True, correction: str = "affine",
+          block_stat: str = "auto", shuffle: int | None = 0,
+          network: Callable[[Config, Path, int], "Artifact"] | None = None,
           log: Callable[[str], None] = lambda m: None) -> tuple[LatencyModel, list[dict[str, Any]]]:
     """Time every block, one pair of blocks per seam (``seams``), the ``calibration`` networks (<= 10, for
     the correction) and the ``holdout`` networks in ONE interleaved measurement; return the model and the
@@ -159,82 +175,120 @@ def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: 
       artifact (default: ``space.recipe(config)`` with seeded random weights; a
       :class:`~compress.search.pruned.PrunedView` needs the pruned network).
     * ``repeats`` > 1 times every calibration and held-out network in that many sessions of the same
-      measurement: ``measured_ms`` is their mean, ``measured_reps`` each one (their disagreement is the
-      measurement's own repeatability). With repeats, the calibration networks' sessions also give the
-      drift with the order sessions were opened in (:func:`session_drift`); every timing is corrected for
-      it (``raw_reps``: before).
+      measurement: ``measured_ms`` is their median, ``measured_reps`` each one (their disagreement is the
+      measurement's own repeatability: two ORT sessions of one file differ by a few percent, memory
+      placement). With repeats, the calibration networks' sessions also give the drift with the order
+      sessions were opened in (:func:`session_drift`); every timing is corrected for it (``raw_reps``: before).
+    * ``block_repeats`` > 1 times every block and pair in that many sessions too; an entry is the median
+      over its sessions (``p50_reps``/``cold_reps`` in the table: each one).
     * ``shuffle`` (a seed; None: off) puts the sessions in a random order: with hundreds of sessions in one
       process the order they are created in shifts a network's time by a few percent (memory placement),
       which must not line up with blocks / calibration / held-out.
     * ``block_stat``: what a block's (and a pair's) entry is: ``"cold"``, :func:`cold_ms`, its call right
       after the other sessions ran, as in a network where the other blocks evict its weights; ``"p50"``,
       the median of all its calls (back to back: its weights stay in cache); ``"auto"`` (default): the one
-      whose corrected sum predicts the calibration networks better, leave-one-out (:func:`loo_mape`): on
-      the 2-core EPYC cold won at 32x32 (weight-bound sub-ms blocks), p50 at 224x224 (compute-bound).
+      whose corrected sum predicts the calibration networks better, leave-one-out (:func:`loo_mape`).
+    * ``correction``: ``"scale"``, ``"affine"``, ``"weights"`` (affine plus ``w`` ms per million weights:
+      a block timed alone keeps its weights in cache between calls, in a network the other blocks evict
+      them, so a network pays for streaming its weights again) or ``"auto"``: affine or weights, whichever
+      predicts the calibration networks better leave-one-out (chosen jointly with ``block_stat``).
       Networks are always their p50 (a network run repeatedly is the deployment)."""
     import numpy as np
 
     if len(calibration) > 10:
         raise ValueError("the correction is fitted on at most 10 measured networks")
-    if correction not in ("scale", "affine") or block_stat not in ("auto", "cold", "p50"):
-        raise ValueError(f"correction must be 'scale' or 'affine' ('{correction}'), block_stat auto, cold or p50 "
-                         f"('{block_stat}')")
+    if correction not in CORRECTIONS or block_stat not in ("auto", "cold", "p50"):
+        raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)} ('{correction}'), block_stat auto, "
+                         f"cold or p50 ('{block_stat}')")
     prepare = prepare or (lambda a: a)
     blocks = all_blocks(space)
     pairs = seam_rule.representative_pairs(space, covering(space)) if seams else {}
-    log(f"latency table: {len(blocks)} blocks, {len(pairs)} seams, {len(calibration)} calibration and "
-        f"{len(holdout)} held-out networks (x{repeats})")
-    arts = [prepare(block_artifact(b, work_dir / f"block{i:04d}")) for i, b in enumerate(blocks)]
-    arts += [prepare(block_artifact(seam_rule.pair_block(*p), work_dir / f"pair{i:04d}")) for i, p in enumerate(pairs.values())]
+    log(f"latency table: {len(blocks)} blocks, {len(pairs)} seams (x{block_repeats}), {len(calibration)} "
+        f"calibration and {len(holdout)} held-out networks (x{repeats})")
+    units = [prepare(block_artifact(b, work_dir / f"block{i:04d}")) for i, b in enumerate(blocks)]
+    units += [prepare(block_artifact(seam_rule.pair_block(*p), work_dir / f"pair{i:04d}")) for i, p in enumerate(pairs.values())]
     nets = list(calibration) + list(holdout)
     network = network or (lambda c, folder, i: recipe_artifact(space.recipe(c), input_shape, folder, seed=i))
-    arts += [prepare(network(c, work_dir / f"net{i:04d}", i)) for i, c in enumerate(nets)] * repeats  # a repeat: the same file, its own session
+    net_arts = [prepare(network(c, work_dir / f"net{i:04d}", i)) for i, c in enumerate(nets)]
+    arts = units * block_repeats + net_arts * repeats  # a repeat: the same file, its own session
     order = list(range(len(arts))) if shuffle is None else [int(i) for i in np.random.default_rng(shuffle).permutation(len(arts))]
     stats, pos = [None] * len(arts), np.zeros(len(arts))
     for k, (i, st) in enumerate(zip(order, measure([arts[i] for i in order]))):
         stats[i], pos[i] = st, k
-    first = len(blocks) + len(pairs)
+    first, nu = len(units) * block_repeats, len(units)
     p50 = np.asarray([st.p50_ms for st in stats])
     cal = slice(0, len(calibration))
     drift = session_drift(p50[first:].reshape(repeats, len(nets))[:, cal], pos[first:].reshape(repeats, len(nets))[:, cal])
     fix = np.exp(-drift * (pos - pos.mean()))  # every session moved to the average position
     p50, cold = p50 * fix, np.asarray([cold_ms(st) for st in stats]) * fix
-    table = {b.key: {"ms": float(p50[i]), "p50_ms": float(p50[i]), "cold_ms": float(cold[i]), **block_counts(b)}
-             for i, b in enumerate(blocks)}
+    u50, ucold = p50[:first].reshape(block_repeats, nu), cold[:first].reshape(block_repeats, nu)
+    e50, ecold = np.median(u50, axis=0), np.median(ucold, axis=0)  # an entry: the median over its sessions
+    table = {b.key: {"ms": float(e50[i]), "p50_ms": float(e50[i]), "cold_ms": float(ecold[i]),
+                     "p50_reps": [float(v) for v in u50[:, i]], "cold_reps": [float(v) for v in ucold[:, i]],
+                     **block_counts(b)} for i, b in enumerate(blocks)}
     model = LatencyModel(kind="table", table=table, correction=correction, block_stat="p50", drift=drift,
-                         pairs={k: {"blocks": [a.key, b.key], "p50_ms": float(p50[len(blocks) + j]),
-                                    "cold_ms": float(cold[len(blocks) + j])} for j, (k, (a, b)) in enumerate(pairs.items())})
+                         pairs={k: {"blocks": [a.key, b.key], "p50_ms": float(e50[len(blocks) + j]),
+                                    "cold_ms": float(ecold[len(blocks) + j]),
+                                    "p50_reps": [float(v) for v in u50[:, len(blocks) + j]],
+                                    "cold_reps": [float(v) for v in ucold[:, len(blocks) + j]]}
+                                for j, (k, (a, b)) in enumerate(pairs.items())})
     net_ms, raw_ms = p50[first:].reshape(repeats, len(nets)), (p50 / fix)[first:].reshape(repeats, len(nets))
-    cal_ms = [float(net_ms[:, i].mean()) for i in range(len(calibration))]
-    loo = {}
-    for stat in ("cold", "p50") if block_stat == "auto" else (block_stat,):
-        loo[stat] = loo_mape([model.restat(stat).base(space, c) for c in calibration], cal_ms, correction)
-    model = model.restat(min(loo, key=lambda k: (float("inf") if loo[k] is None else loo[k], k != "p50")))  # tie: p50
-    model.selection = {"block_stat": block_stat, "loo_mape_pct": loo}
+    cal_ms = [float(np.median(net_ms[:, i])) for i in range(len(calibration))]
+    model = choose(model, space, calibration, cal_ms, block_stat, correction)
     cal_rows = [{"config": c, "sum_ms": model.raw(space, c), "base_ms": model.base(space, c), "measured_ms": m,
                  "measured_reps": [float(v) for v in net_ms[:, i]]} for i, (c, m) in enumerate(zip(calibration, cal_ms))]
-    model.a, model.b = fit_correction([r["base_ms"] for r in cal_rows], cal_ms, correction)
     model.calibration = cal_rows
     rows = [{"config": c, "predicted_ms": model.predict(space, c), "sum_ms": model.raw(space, c),
-             "base_ms": model.base(space, c), "measured_ms": float(net_ms[:, len(calibration) + i].mean()),
+             "base_ms": model.base(space, c), "weights_m": model.weights(space, c),
+             "measured_ms": float(np.median(net_ms[:, len(calibration) + i])),
              "measured_reps": [float(v) for v in net_ms[:, len(calibration) + i]],
              "raw_reps": [float(v) for v in raw_ms[:, len(calibration) + i]]} for i, c in enumerate(holdout)]
     return model, rows
 
 
-def loo_mape(predicted: list[float], measured: list[float], correction: str) -> float | None:
+CORRECTIONS = ("scale", "affine", "weights", "auto")
+
+
+def choose(model: LatencyModel, space: SearchSpace, calibration: list[Config], measured: list[float],
+           block_stat: str = "auto", correction: str = "auto") -> LatencyModel:
+    """``model`` with its block statistic and correction chosen ("auto") by leave-one-out MAPE on the
+    calibration networks (:func:`loo_mape`; ties go to p50 and the fewer parameters), then fitted on all
+    of them. ``model.selection`` records every candidate's leave-one-out MAPE."""
+    stats = ("cold", "p50") if block_stat == "auto" else (block_stat,)
+    corrs = ("affine", "weights") if correction == "auto" else (correction,)
+    loo: dict[str, float | None] = {}
+    for stat in stats:
+        m = model.restat(stat)
+        base = [m.base(space, c) for c in calibration]
+        weights = [m.weights(space, c) for c in calibration]
+        for corr in corrs:
+            loo[f"{stat}/{corr}"] = loo_mape(base, measured, corr, weights)
+    rank = {("p50", "affine"): 0, ("p50", "scale"): 0, ("p50", "weights"): 1, ("cold", "affine"): 2,
+            ("cold", "scale"): 2, ("cold", "weights"): 3}
+    best = min(loo, key=lambda k: (float("inf") if loo[k] is None else loo[k], rank[tuple(k.split("/"))]))
+    stat, corr = best.split("/")
+    m = model.restat(stat)
+    m.correction = corr
+    m = m.refit(space, calibration, measured)
+    m.selection = {"block_stat": block_stat, "correction": correction, "loo_mape_pct": loo}
+    return m
+
+
+def loo_mape(predicted: list[float], measured: list[float], correction: str,
+             weights: list[float] | None = None) -> float | None:
     """Leave-one-out MAPE (%) of ``fit_correction`` on (predicted, measured) pairs: each network predicted
-    by the correction fitted on the others (None below 3 networks)."""
+    by the correction fitted on the others (None below 3 networks, or 4 for "weights")."""
     import numpy as np
 
     p, m = np.asarray(predicted, float), np.asarray(measured, float)
-    if len(p) < 3:
+    wt = np.zeros(len(p)) if weights is None else np.asarray(weights, float)
+    if len(p) < (4 if correction == "weights" else 3):
         return None
     err = []
     for j in range(len(p)):
         keep = np.arange(len(p)) != j
-        a, b = fit_correction(list(p[keep]), list(m[keep]), correction)
-        err.append(abs(a * p[j] + b - m[j]) / m[j])
+        a, b, w = fit_correction(list(p[keep]), list(m[keep]), correction, list(wt[keep]))
+        err.append(abs(a * p[j] + b + w * wt[j] - m[j]) / m[j])
     return round(float(np.mean(err)) * 100, 4)
 
 
@@ -269,15 +323,40 @@ def cold_ms(stats) -> float:
     return float(np.median(list(first.values())))
 
 
-def fit_correction(predicted: list[float], measured: list[float], correction: str = "affine") -> tuple[float, float]:
-    """``(a, b)`` with ``measured ~ a * predicted + b``: ``"scale"``: b = 0, a = median ratio (one parameter,
-    robust to one noisy network); ``"affine"``: :func:`fit_affine`."""
+def fit_correction(predicted: list[float], measured: list[float], correction: str = "affine",
+                   weights: list[float] | None = None) -> tuple[float, float, float]:
+    """``(a, b, w)`` with ``measured ~ a * predicted + b + w * weights``: ``"scale"``: b = w = 0, a = median
+    ratio (one parameter, robust to one noisy network); ``"affine"``: :func:`fit_affine` (w = 0);
+    ``"weights"``: :func:`fit_weights`."""
     import numpy as np
 
+    if correction == "weights":
+        return fit_weights(predicted, weights if weights is not None else [0.0] * len(predicted), measured)
     if correction == "affine":
-        return fit_affine(predicted, measured)
+        return (*fit_affine(predicted, measured), 0.0)
     p, m = np.asarray(predicted, float), np.asarray(measured, float)
-    return (float(np.median(m / p)), 0.0) if len(p) else (1.0, 0.0)
+    return (float(np.median(m / p)), 0.0, 0.0) if len(p) else (1.0, 0.0, 0.0)
+
+
+def fit_weights(sums: list[float], weights: list[float], measured: list[float]) -> tuple[float, float, float]:
+    """Least-squares ``measured ~ a * sum + w * weights + b`` (``weights``: millions of parameters): what a
+    network pays to stream its weights, which its blocks timed alone keep in cache. Physical guard: a > 0
+    and w >= 0 and no worse on its own networks than :func:`fit_affine`, else that affine (w = 0)."""
+    import numpy as np
+
+    s, wt, m = np.asarray(sums, float), np.asarray(weights, float), np.asarray(measured, float)
+    a0, b0 = fit_affine(sums, measured)
+    if len(s) < 3 or np.ptp(wt) == 0:
+        return a0, b0, 0.0
+    x = np.stack([s, wt, np.ones_like(s)], axis=1)
+    (a, w, b), *_ = np.linalg.lstsq(x, m, rcond=None)
+
+    def mape(aa, bb, ww):
+        return float(np.mean(np.abs((aa * s + bb + ww * wt - m) / m)))
+
+    if a > 0 and w >= 0 and mape(a, b, w) <= mape(a0, b0, 0.0):
+        return float(a), float(b), float(w)
+    return a0, b0, 0.0
 
 
 def fit_affine(sums: list[float], measured: list[float]) -> tuple[float, float]:
@@ -301,7 +380,11 @@ def fit_affine(sums: list[float], measured: list[float]) -> tuple[float, float]:
 
 def calibration_configs(space: SearchSpace, n: int, seed: int = 0) -> list[Config]:
     """``n`` subnets spread from the smallest to the largest (a fit needs the whole range, not a cluster of
-    average random subnets): subnet i takes each gene near level i / (n - 1) of its choices, jittered."""
+    average random subnets): subnet i takes each gene near level t = i / (n - 1) of its choices, jittered.
+    Every second inner subnet (i = 2, 4, ...) is a *contrast* net: the first half of the genes (in
+    ``choices()`` order, input to output in the built-in spaces) near level t, the second half near 1 - t,
+    so that the calibration nets' weights do not grow in lock-step with their latency (late stages hold
+    most weights, early ones most activations) and the "weights" correction can be fitted on them."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -309,7 +392,7 @@ def calibration_configs(space: SearchSpace, n: int, seed: int = 0) -> list[Confi
     for i in range(n):
         t = i / max(n - 1, 1)
         for _ in range(20):
-            c = _near(space, t, rng)
+            c = _near(space, t, rng, late=1 - t if i % 2 == 0 else None)
             if i == 0:
                 c = space.smallest()
             elif i == n - 1:
@@ -339,11 +422,16 @@ def spread_configs(space: SearchSpace, n: int, seed: int, exclude: list[Config] 
     return out
 
 
-def _near(space: SearchSpace, t: float, rng) -> Config:
+def _near(space: SearchSpace, t: float, rng, late: float | None = None) -> Config:
+    """Each gene near level ``t`` of its choices (jittered); with ``late``, the second half of the genes
+    near level ``late``."""
     import numpy as np
 
-    return {g: vals[int(np.clip(round(t * (len(vals) - 1) + rng.normal(0, 0.6)), 0, len(vals) - 1))]
-            for g, vals in space.choices().items()}
+    ch = space.choices()
+    half = (len(ch) + 1) // 2
+    return {g: vals[int(np.clip(round((t if late is None or j < half else late) * (len(vals) - 1)
+                                      + rng.normal(0, 0.6)), 0, len(vals) - 1))]
+            for j, (g, vals) in enumerate(ch.items())}
 
 
 def fit_learned(space: SearchSpace, configs: list[Config], measured: list[float]) -> LatencyModel:

@@ -8,8 +8,9 @@ with the weights it inherits from the supernet (optionally fine-tuned), as an or
 
 1. latency model: every block of the space, ``calibration_networks`` (<= 10) whole subnets and the
    baseline are timed interleaved on ``latency.target`` through the measurement service; network
-   latency = sum of blocks minus the measured seams between them (``compress.search.seams``), times a
-   scale fitted on the whole subnets (``correction``; cached per target fingerprint). A space without blocks uses a ridge predictor fitted on ``learned_networks`` measured
+   latency = sum of blocks minus the measured seams between them (``compress.search.seams``), then a
+   correction fitted on the whole subnets (``correction``: affine, or affine + a cost per weight, chosen
+   leave-one-out by default; cached per target fingerprint). A space without blocks uses a ridge predictor fitted on ``learned_networks`` measured
    subnets;
 2. supernet: sandwich rule with in-place distillation through the one training loop (cached per phase);
 3. search: ``strategy`` (nsga2 | evolution) and random search, each evaluating ``candidates``
@@ -57,11 +58,16 @@ class LatencyModelConfig(_Strict):
     timing: TimingPolicy | None = Field(None, description="Timing policy of the table (default: the target's).")
     calibration_networks: int = Field(8, ge=0, le=10, description="Whole subnets timed with the blocks for the "
                                       "correction (at most 10).")
-    repeats: int = Field(2, ge=1, le=4, description="Sessions per calibration subnet in the table's measurement "
-                         "(mean; with 2+ the drift with session opening order is estimated and corrected).")
-    correction: Literal["scale", "affine"] = Field(
-        "affine", description="Fit of the (sum of blocks - seams) to the calibration subnets: 'affine' (a * x + b, "
-        "least squares, replaced by the scale when that fits the subnets no worse) or 'scale' (median ratio).")
+    repeats: int = Field(2, ge=1, le=8, description="Sessions per calibration subnet in the table's measurement "
+                         "(median; with 2+ the drift with session opening order is estimated and corrected).")
+    block_repeats: int = Field(1, ge=1, le=8, description="Sessions per block and per seam pair in the table's "
+                               "measurement (an entry is the median over them): two ONNX Runtime sessions of the "
+                               "same file differ by a few percent (memory placement).")
+    correction: Literal["scale", "affine", "weights", "auto"] = Field(
+        "auto", description="Fit of the (sum of blocks - seams) to the calibration subnets: 'affine' (a * x + b, "
+        "least squares, replaced by the scale when that fits the subnets no worse), 'scale' (median ratio), "
+        "'weights' (affine + w * million weights: a network streams weights its blocks timed alone keep in "
+        "cache) or 'auto' (affine or weights, whichever predicts the calibration subnets better leave-one-out).")
     predictor: Literal["auto", "table", "learned"] = Field(
         "auto", description="'table': sum of blocks - seams, corrected; 'learned': ridge on the encoding from measured "
         "subnets; 'auto': the table when the space has blocks.")
@@ -234,9 +240,9 @@ class SearchNAS(Stage):
                                     f"subnet(s) and the baseline on {target.name}")
         base_now, cal_stats, stats = stats[0], stats[1:1 + len(cal_arts)], stats[1 + len(cal_arts):]
         if cal and model.kind == "table":
-            session = lat.fit_correction([model.base(space, r["config"]) for r in cal], [s.p50_ms for s in cal_stats],
-                                         model.correction)
-            predict_now = lambda c: session[0] * model.base(space, c) + session[1]  # noqa: E731
+            now = model.refit(space, [r["config"] for r in cal], [s.p50_ms for s in cal_stats])
+            session = (now.a, now.b, now.w)
+            predict_now = lambda c: now.predict(space, c)  # noqa: E731
         else:
             session = None
             predict_now = lambda c: model.predict(space, c) * base_now.p50_ms / base_ms  # noqa: E731
@@ -280,7 +286,8 @@ class SearchNAS(Stage):
             "random_front": [point(c) for c in pareto_front(runs["random"])],
             "hypervolume": hv, "hypervolume_reference": {"latency_ms": ref, "accuracy": 0.0},
             "latency_model": {**lat_facts, "validation_on_front": validation,
-                              "front_session_correction": {"a": session[0], "b": session[1]} if session else None,
+                              "front_session_correction": ({"a": session[0], "b": session[1], "w": session[2]}
+                                                           if session else None),
                               "validation_note": "front subnets timed end to end in a later session with the "
                               "calibration subnets; the correction refitted on those (table: sums of the "
                               "blocks timed in the first session)"},
@@ -313,8 +320,9 @@ class SearchNAS(Stage):
             kind = "table" if space.blocks(space.largest()) else "learned"
         # the same calibration subnets whatever the search seed (one table), spread over the latency range
         nets = lat.calibration_configs(space, cfg.calibration_networks if kind == "table" else cfg.learned_networks)
-        key = cache_key(step="search-latency-model", rule="seams-cold-drift", correction=cfg.correction,
-                        repeats=cfg.repeats, kind=kind, space=space.origin, nets=[space.key(c) for c in nets],
+        key = cache_key(step="search-latency-model", rule="seams-cold-drift-median-weights",
+                        correction=cfg.correction, repeats=cfg.repeats, block_repeats=cfg.block_repeats,
+                        kind=kind, space=space.origin, nets=[space.key(c) for c in nets],
                         timing=(cfg.timing or target.timing).model_dump(mode="json"), fp=target_fp,
                         baseline=artifact.hash)
         hit = ctx.measure.cache.get_json(key)
@@ -331,13 +339,15 @@ class SearchNAS(Stage):
 
         if kind == "table":
             model, _ = lat.build(space, measure, scratch / "table", input_shape=artifact.input_shape,
-                                 calibration=nets, correction=cfg.correction, repeats=cfg.repeats, log=ctx.log)
+                                 calibration=nets, correction=cfg.correction, repeats=cfg.repeats,
+                                 block_repeats=cfg.block_repeats, log=ctx.log)
             cal = model.calibration
-            fit = lat.validate([model.a * r["base_ms"] + model.b for r in cal], [r["measured_ms"] for r in cal])
+            fit = lat.validate([model.predict(space, r["config"]) for r in cal], [r["measured_ms"] for r in cal])
             raw = lat.validate([r["sum_ms"] for r in cal], [r["measured_ms"] for r in cal])
             facts = {"kind": "table", "blocks": len(model.table), "seams": len(model.seams),
                      "block_stat": model.block_stat, "session_drift": model.drift,
-                     "correction": {"kind": model.correction, "a": model.a, "b": model.b},
+                     "correction": {"kind": model.correction, "a": model.a, "b": model.b, "w": model.w},
+                     "selection": model.selection, "block_repeats": cfg.block_repeats,
                      "calibration_networks": len(cal), "plain_sum_on_calibration": raw,
                      "corrected_on_calibration": fit}
         else:
