@@ -32,15 +32,12 @@ def screenshot(html: Path, png: Path) -> None:
 
 
 def cpu() -> str:
-    """The CPU model and the instruction-set flags that decide INT8 speed (every speed figure is given with them)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.machine()
-    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.machine())
-    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
-    keep = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return f"{model}, flags {' '.join(keep) or 'no avx2'}"
+    """The CPU model and instruction set (what decides INT8 speed), from the reader the reports use."""
+    sys.path.insert(0, str(ROOT))  # this checkout's package
+    from compress.runtimes.environment import isa, machine_key
+
+    m = machine_key()
+    return f"{m['cpu_model'] or platform.machine()}, {isa(m['cpu_flags'])}"
 
 
 def row(stem: str, cmd: list[str], rc: int, seconds: float, load: tuple[float, float]) -> str:
