@@ -421,15 +421,19 @@ def test_build_takes_the_median_over_sessions_and_chooses_the_weights_term(tmp_p
     rng = np.random.default_rng(0)
     calibration = lat.calibration_configs(space, 8)
     holdout = [space.sample(rng) for _ in range(10)]
+    development = [space.sample(rng) for _ in range(4)]
     model, rows = lat.build(space, measure, tmp_path / "w", input_shape=(1, 1, 8, 8), calibration=calibration,
-                            holdout=holdout, repeats=3, block_repeats=3, correction="auto", network=net,
-                            shuffle=None)
+                            holdout=holdout, development=development, repeats=3, block_repeats=3, correction="auto",
+                            network=net, shuffle=None)
+    assert [r["config"] for r in model.development] == development and len(rows) == len(holdout)
+    assert model.selection["by"] == "development" and model.selection["development_networks"] == 4
     assert all(len(e["p50_reps"]) == 3 for e in model.table.values())
     e = next(iter(model.table.values()))
     assert e["p50_ms"] == pytest.approx(sorted(e["p50_reps"])[1]) and max(e["p50_reps"]) == pytest.approx(1.3 * e["p50_ms"])
     assert all(r["measured_ms"] == pytest.approx(min(r["measured_reps"])) for r in rows)  # the slow session ignored
     assert model.correction == "weights" and model.w > 0
     assert model.selection["loo_mape_pct"]["p50/weights"] < model.selection["loo_mape_pct"]["p50/affine"]
+    assert model.selection["development_mape_pct"]["p50/weights"] < model.selection["development_mape_pct"]["p50/affine"]
     assert lat.validate([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows])["mape_pct"] < 0.5
     # the stage's refit in a later session keeps the correction kind
     again = model.refit(space, calibration, [2 * r["measured_ms"] for r in model.calibration])
@@ -443,3 +447,32 @@ def test_calibration_subnets_include_contrast_nets():
     params = [sum(p.numel() for p in space.extract(space.supernet(), c).parameters()) for c in nets]
     # weights do not grow in lock-step along the calibration set: some inner net is lighter than an earlier one
     assert any(params[i] < max(params[:i]) for i in range(2, len(params) - 1))
+
+
+def test_development_nets_choose_the_block_statistic_the_calibration_nets_cannot_tell():
+    """Cold and p50 entries agree on every block of the calibration nets, so leave-one-out on them cannot tell
+    the statistics apart (the tie goes to p50); the development nets, timed as their cold sum, can. Nothing is
+    fitted on them: the correction is the calibration nets' fit."""
+    space = load_space("inverted_residual", {**TINY_MB, "resolutions": [8]})
+    calibration = lat.calibration_configs(space, 6)
+    used = {b.key for c in calibration for b in space.blocks(c)}
+    rng = np.random.default_rng(0)
+    table = {}
+    for i, b in enumerate(lat.all_blocks(space)):
+        p50 = 0.1 + 0.01 * i
+        table[b.key] = {"ms": p50, "p50_ms": p50, "cold_ms": p50 if b.key in used else 1.5 * p50,
+                        "params": 1000 * (i + 1), "macs": 0}
+    model = lat.LatencyModel(kind="table", table=table)
+    dev = [c for c in (space.sample(rng) for _ in range(200)) if {b.key for b in space.blocks(c)} - used][:8]
+    assert len(dev) == 8
+    cal_ms = [0.9 * model.restat("cold").base(space, c) + 0.05 for c in calibration]
+    dev_ms = [0.9 * model.restat("cold").base(space, c) + 0.05 for c in dev]
+    loo = lat.choose(model, space, calibration, cal_ms)
+    assert loo.block_stat == "p50" and loo.selection["by"] == "loo"
+    chosen = lat.choose(model, space, calibration, cal_ms, development=(dev, dev_ms))
+    assert chosen.block_stat == "cold" and chosen.selection["by"] == "development"
+    assert chosen.selection["development_mape_pct"]["cold/affine"] < 1e-6 < chosen.selection["development_mape_pct"]["p50/affine"]
+    assert (chosen.a, chosen.b) == pytest.approx((0.9, 0.05))
+    # the development nets' truth does not enter the fit: shifting it moves nothing but the choice's scores
+    again = lat.choose(model, space, calibration, cal_ms, development=(dev, [1.01 * m for m in dev_ms]))
+    assert again.block_stat == "cold" and (again.a, again.b, again.w) == pytest.approx((chosen.a, chosen.b, chosen.w))

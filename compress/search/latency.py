@@ -43,6 +43,7 @@ class LatencyModel:
     w: float = 0.0  # ms per million weights a network pays beyond its blocks' sum ("weights" correction)
     ridge: dict[str, Any] | None = None  # {"coef": [...], "intercept": x}
     calibration: list[dict[str, Any]] = field(default_factory=list)  # [{config, sum_ms, measured_ms}]
+    development: list[dict[str, Any]] = field(default_factory=list)  # the same for the networks that chose
 
     def raw(self, space: SearchSpace, config: Config) -> float:
         """Plain sum of the config's block timings (ms); raises KeyError on a block not in the table."""
@@ -102,7 +103,8 @@ class LatencyModel:
         return {"kind": self.kind, "table": self.table, "seams": self.seams, "pairs": self.pairs,
                 "block_stat": self.block_stat, "drift": self.drift, "selection": self.selection,
                 "correction": self.correction,
-                "a": self.a, "b": self.b, "w": self.w, "ridge": self.ridge, "calibration": self.calibration}
+                "a": self.a, "b": self.b, "w": self.w, "ridge": self.ridge, "calibration": self.calibration,
+                "development": self.development}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "LatencyModel":
@@ -161,7 +163,8 @@ Measure = Callable[[list["Artifact"]], list[Any]]  # artifacts -> LatencyStats (
 
 
 def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: tuple[int, ...],
-          calibration: list[Config], holdout: list[Config] = (), prepare: Callable[["Artifact"], "Artifact"] | None = None,
+          calibration: list[Config], holdout: list[Config] = (), development: list[Config] = (),
+          prepare: Callable[["Artifact"], "Artifact"] | None = None,
           repeats: int = 1, block_repeats: int = 1, seams: bool = True, correction: str = "affine",
           block_stat: str = "auto", shuffle: int | None = 0,
           network: Callable[[Config, Path, int], "Artifact"] | None = None,
@@ -192,6 +195,9 @@ def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: 
       a block timed alone keeps its weights in cache between calls, in a network the other blocks evict
       them, so a network pays for streaming its weights again) or ``"auto"``: affine or weights, whichever
       predicts the calibration networks better leave-one-out (chosen jointly with ``block_stat``).
+    * ``development``: networks timed like the others (``repeats`` sessions) that only *choose* the "auto"
+      block statistic and correction (:func:`choose`): the candidate fitted on the calibration networks that
+      predicts them best; nothing is fitted on them.
       Networks are always their p50 (a network run repeatedly is the deployment)."""
     import numpy as np
 
@@ -204,10 +210,10 @@ def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: 
     blocks = all_blocks(space)
     pairs = seam_rule.representative_pairs(space, covering(space)) if seams else {}
     log(f"latency table: {len(blocks)} blocks, {len(pairs)} seams (x{block_repeats}), {len(calibration)} "
-        f"calibration and {len(holdout)} held-out networks (x{repeats})")
+        f"calibration, {len(development)} development and {len(holdout)} held-out networks (x{repeats})")
     units = [prepare(block_artifact(b, work_dir / f"block{i:04d}")) for i, b in enumerate(blocks)]
     units += [prepare(block_artifact(seam_rule.pair_block(*p), work_dir / f"pair{i:04d}")) for i, p in enumerate(pairs.values())]
-    nets = list(calibration) + list(holdout)
+    nets = list(calibration) + list(development) + list(holdout)
     network = network or (lambda c, folder, i: recipe_artifact(space.recipe(c), input_shape, folder, seed=i))
     net_arts = [prepare(network(c, work_dir / f"net{i:04d}", i)) for i, c in enumerate(nets)]
     arts = units * block_repeats + net_arts * repeats  # a repeat: the same file, its own session
@@ -234,15 +240,20 @@ def build(space: SearchSpace, measure: Measure, work_dir: Path, *, input_shape: 
                                 for j, (k, (a, b)) in enumerate(pairs.items())})
     net_ms, raw_ms = p50[first:].reshape(repeats, len(nets)), (p50 / fix)[first:].reshape(repeats, len(nets))
     cal_ms = [float(np.median(net_ms[:, i])) for i in range(len(calibration))]
-    model = choose(model, space, calibration, cal_ms, block_stat, correction)
+    nd = len(calibration) + len(development)
+    dev = (list(development), [float(np.median(net_ms[:, i])) for i in range(len(calibration), nd)])
+    model = choose(model, space, calibration, cal_ms, block_stat, correction, dev if development else None)
     cal_rows = [{"config": c, "sum_ms": model.raw(space, c), "base_ms": model.base(space, c), "measured_ms": m,
                  "measured_reps": [float(v) for v in net_ms[:, i]]} for i, (c, m) in enumerate(zip(calibration, cal_ms))]
     model.calibration = cal_rows
+    model.development = [{"config": c, "base_ms": model.base(space, c), "measured_ms": m,
+                          "measured_reps": [float(v) for v in net_ms[:, len(calibration) + i]]}
+                         for i, (c, m) in enumerate(zip(*dev))]
     rows = [{"config": c, "predicted_ms": model.predict(space, c), "sum_ms": model.raw(space, c),
              "base_ms": model.base(space, c), "weights_m": model.weights(space, c),
-             "measured_ms": float(np.median(net_ms[:, len(calibration) + i])),
-             "measured_reps": [float(v) for v in net_ms[:, len(calibration) + i]],
-             "raw_reps": [float(v) for v in raw_ms[:, len(calibration) + i]]} for i, c in enumerate(holdout)]
+             "measured_ms": float(np.median(net_ms[:, nd + i])),
+             "measured_reps": [float(v) for v in net_ms[:, nd + i]],
+             "raw_reps": [float(v) for v in raw_ms[:, nd + i]]} for i, c in enumerate(holdout)]
     return model, rows
 
 
@@ -250,28 +261,48 @@ CORRECTIONS = ("scale", "affine", "weights", "auto")
 
 
 def choose(model: LatencyModel, space: SearchSpace, calibration: list[Config], measured: list[float],
-           block_stat: str = "auto", correction: str = "auto") -> LatencyModel:
-    """``model`` with its block statistic and correction chosen ("auto") by leave-one-out MAPE on the
-    calibration networks (:func:`loo_mape`; ties go to p50 and the fewer parameters), then fitted on all
-    of them. ``model.selection`` records every candidate's leave-one-out MAPE."""
+           block_stat: str = "auto", correction: str = "auto",
+           development: tuple[list[Config], list[float]] | None = None) -> LatencyModel:
+    """``model`` with its block statistic and correction chosen ("auto"), then fitted on all the calibration
+    networks. The choice: by leave-one-out MAPE on the calibration networks (:func:`loo_mape`), or, given
+    ``development`` networks (configs, measured ms; timed in the same session), by the MAPE on them of each
+    candidate fitted on all the calibration networks (more networks, none of them fitted on: the
+    leave-one-out error of 10 networks is as noisy as the differences it decides). Ties go to p50 and the
+    fewer parameters. ``model.selection`` records every candidate's score."""
     stats = ("cold", "p50") if block_stat == "auto" else (block_stat,)
     corrs = ("affine", "weights") if correction == "auto" else (correction,)
     loo: dict[str, float | None] = {}
+    dev: dict[str, float] = {}
     for stat in stats:
         m = model.restat(stat)
         base = [m.base(space, c) for c in calibration]
         weights = [m.weights(space, c) for c in calibration]
         for corr in corrs:
             loo[f"{stat}/{corr}"] = loo_mape(base, measured, corr, weights)
+            if development:
+                m.correction = corr
+                fitted = m.refit(space, calibration, measured)
+                dev[f"{stat}/{corr}"] = mape_pct([fitted.predict(space, c) for c in development[0]], development[1])
+    score = dev or loo
     rank = {("p50", "affine"): 0, ("p50", "scale"): 0, ("p50", "weights"): 1, ("cold", "affine"): 2,
             ("cold", "scale"): 2, ("cold", "weights"): 3}
-    best = min(loo, key=lambda k: (float("inf") if loo[k] is None else loo[k], rank[tuple(k.split("/"))]))
+    best = min(score, key=lambda k: (float("inf") if score[k] is None else score[k], rank[tuple(k.split("/"))]))
     stat, corr = best.split("/")
     m = model.restat(stat)
     m.correction = corr
     m = m.refit(space, calibration, measured)
-    m.selection = {"block_stat": block_stat, "correction": correction, "loo_mape_pct": loo}
+    m.selection = {"block_stat": block_stat, "correction": correction, "by": "development" if dev else "loo",
+                   "loo_mape_pct": loo, **({"development_mape_pct": dev, "development_networks": len(development[0])}
+                                           if dev else {})}
     return m
+
+
+def mape_pct(predicted: list[float], measured: list[float]) -> float:
+    """Mean absolute percentage error (%) of ``predicted`` against ``measured``."""
+    import numpy as np
+
+    p, m = np.asarray(predicted, float), np.asarray(measured, float)
+    return round(float(np.mean(np.abs(p - m) / m)) * 100, 4)
 
 
 def loo_mape(predicted: list[float], measured: list[float], correction: str,
