@@ -137,21 +137,9 @@ def run_one(res: int, prec: str, n_holdout: int, work: Path, cache_dir: Path, ti
 
     space = space_for(res)
     m = service(cache_dir, res, timing)
-    rng = np.random.default_rng(res if seed is None else seed)
     calibration = lat.calibration_configs(space, 10)
-    seen = {space.key(c) for c in calibration}
-
-    def draw(n, rng):
-        out = []
-        while len(out) < n:
-            c = space.sample(rng)
-            if space.key(c) not in seen:
-                seen.add(space.key(c))
-                out.append(c)
-        return out
-
-    development = draw(n_dev, np.random.default_rng(dev_seed))  # chooses the rule; none of them held out
-    holdout = draw(n_holdout, rng)
+    development = lat.random_configs(space, n_dev, dev_seed, calibration)  # choose the rule; none held out
+    holdout = lat.random_configs(space, n_holdout, res if seed is None else seed, calibration + development)
     counter = [0]
 
     def prepare(a):

@@ -435,6 +435,21 @@ def calibration_configs(space: SearchSpace, n: int, seed: int = 0) -> list[Confi
     return out
 
 
+def random_configs(space: SearchSpace, n: int, seed: int, exclude: list[Config] = ()) -> list[Config]:
+    """``n`` distinct random subnets (``space.sample``, seeded), none equal to a config of ``exclude``: held-out
+    or development networks drawn like the subnets a search meets."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out, seen = [], {space.key(c) for c in exclude}
+    while len(out) < n:
+        c = space.sample(rng)
+        if space.key(c) not in seen:
+            seen.add(space.key(c))
+            out.append(c)
+    return out
+
+
 def spread_configs(space: SearchSpace, n: int, seed: int, exclude: list[Config] = ()) -> list[Config]:
     """``n`` distinct subnets spread over the space like :func:`calibration_configs` (level i / (n - 1),
     jittered; no forced ends), none equal to a config of ``exclude``: a held-out set that spans the latency
