@@ -476,3 +476,41 @@ def test_development_nets_choose_the_block_statistic_the_calibration_nets_cannot
     # the development nets' truth does not enter the fit: shifting it moves nothing but the choice's scores
     again = lat.choose(model, space, calibration, cal_ms, development=(dev, [1.01 * m for m in dev_ms]))
     assert again.block_stat == "cold" and (again.a, again.b, again.w) == pytest.approx((chosen.a, chosen.b, chosen.w))
+
+
+def test_search_stage_times_development_nets_to_choose_when_asked(tmp_path):
+    """search.nas's latency.development_networks: that many random subnets are timed with the table and make the
+    'auto' choice (recorded in the facts); 0 keeps leave-one-out; the two are cached apart."""
+    from types import SimpleNamespace
+
+    from compress.artifact import import_callable
+    from compress.cache import Cache
+    from compress.config import TargetConfig
+    from compress.export import ExportConfig
+    from compress.stages.search_nas import SearchNAS
+
+    space = load_space("inverted_residual", {**TINY_MB, "resolutions": [8]})
+    timed = []
+
+    def latency(arts, target, policy, label=""):
+        timed.append(len(arts))
+        out = [_Stats(1.0)]  # the baseline
+        for a in arts[1:]:
+            kw = a.recipe["kwargs"]
+            parts = kw["parts"] if "parts" in kw else [a.recipe]
+            w = sum(sum(p.numel() for p in import_callable(r["callable"])(**r["kwargs"]).parameters()) for r in parts)
+            out.append(_Stats(0.01 * w / 1e3 + 0.05 * len(parts)))
+        return out
+
+    ctx = SimpleNamespace(export=ExportConfig(), log=lambda m: None,
+                          measure=SimpleNamespace(latency=latency, cache=Cache(tmp_path / "cache")))
+    base = SimpleNamespace(hash="baseline", input_shape=(1, 1, 8, 8))
+    facts = {}
+    for n in (0, 5):
+        stage = SearchNAS(SearchNAS.Config(latency={"calibration_networks": 6, "development_networks": n}))
+        _, _, facts[n] = stage._latency_model(space, base, ctx, TargetConfig(name="t"), tmp_path / f"s{n}")
+    assert facts[0]["selection"]["by"] == "loo" and "development_mape_pct" not in facts[0]["selection"]
+    assert facts[5]["selection"]["by"] == "development" and facts[5]["selection"]["development_networks"] == 5
+    assert timed[1] == timed[0] + 5 * stage.config.latency.repeats  # in the table's one session, like the others
+    with pytest.raises(ValueError):
+        SearchNAS.Config(latency={"development_networks": 41})

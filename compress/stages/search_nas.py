@@ -10,7 +10,8 @@ with the weights it inherits from the supernet (optionally fine-tuned), as an or
    baseline are timed interleaved on ``latency.target`` through the measurement service; network
    latency = sum of blocks minus the measured seams between them (``compress.search.seams``), then a
    correction fitted on the whole subnets (``correction``: affine, or affine + a cost per weight, chosen
-   leave-one-out by default; cached per target fingerprint). A space without blocks uses a ridge predictor fitted on ``learned_networks`` measured
+   leave-one-out by default, or by ``development_networks`` random subnets timed in the same session;
+   cached per target fingerprint). A space without blocks uses a ridge predictor fitted on ``learned_networks`` measured
    subnets;
 2. supernet: sandwich rule with in-place distillation through the one training loop (cached per phase);
 3. search: ``strategy`` (nsga2 | evolution) and random search, each evaluating ``candidates``
@@ -63,6 +64,11 @@ class LatencyModelConfig(_Strict):
     block_repeats: int = Field(1, ge=1, le=8, description="Sessions per block and per seam pair in the table's "
                                "measurement (an entry is the median over them): two ONNX Runtime sessions of the "
                                "same file differ by a few percent (memory placement).")
+    development_networks: int = Field(0, ge=0, le=40, description="Random subnets (seeded, none a calibration "
+                                      "subnet) timed with the table only to make 'auto''s choice of block statistic "
+                                      "and correction: the candidate fitted on the calibration subnets that predicts "
+                                      "them best (nothing is fitted on them). 0: leave-one-out on the calibration "
+                                      "subnets.")
     correction: Literal["scale", "affine", "weights", "auto"] = Field(
         "auto", description="Fit of the (sum of blocks - seams) to the calibration subnets: 'affine' (a * x + b, "
         "least squares, replaced by the scale when that fits the subnets no worse), 'scale' (median ratio), "
@@ -320,7 +326,9 @@ class SearchNAS(Stage):
             kind = "table" if space.blocks(space.largest()) else "learned"
         # the same calibration subnets whatever the search seed (one table), spread over the latency range
         nets = lat.calibration_configs(space, cfg.calibration_networks if kind == "table" else cfg.learned_networks)
+        dev = lat.random_configs(space, cfg.development_networks, 31, nets) if kind == "table" else []
         key = cache_key(step="search-latency-model", rule="seams-cold-drift-median-weights",
+                        **({"development": [space.key(c) for c in dev]} if dev else {}),
                         correction=cfg.correction, repeats=cfg.repeats, block_repeats=cfg.block_repeats,
                         kind=kind, space=space.origin, nets=[space.key(c) for c in nets],
                         timing=(cfg.timing or target.timing).model_dump(mode="json"), fp=target_fp,
@@ -339,7 +347,7 @@ class SearchNAS(Stage):
 
         if kind == "table":
             model, _ = lat.build(space, measure, scratch / "table", input_shape=artifact.input_shape,
-                                 calibration=nets, correction=cfg.correction, repeats=cfg.repeats,
+                                 calibration=nets, development=dev, correction=cfg.correction, repeats=cfg.repeats,
                                  block_repeats=cfg.block_repeats, log=ctx.log)
             cal = model.calibration
             fit = lat.validate([model.predict(space, r["config"]) for r in cal], [r["measured_ms"] for r in cal])
