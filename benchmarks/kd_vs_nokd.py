@@ -54,13 +54,16 @@ SETTINGS: dict[str, dict[str, float] | None] = {
 
 
 def point_config(ratio: float, epochs: float, seed: int, distill: dict[str, float] | None,
-                 teacher_epochs: float | None = None) -> dict[str, Any]:
+                 teacher_epochs: float | None = None, teacher: dict[str, Any] | None = None) -> dict[str, Any]:
     """The pipeline of one point: pipelines/prune.yaml's model, data and target, its prune stage at ``ratio``
     with the fine-tune ``epochs``/``seed``/``distill`` (everything else as in prune.yaml), no gates;
-    ``teacher_epochs`` trains the baseline (the teacher) for that many epochs instead of prune.yaml's."""
+    ``teacher_epochs`` trains the baseline (the teacher) for that many epochs instead of prune.yaml's;
+    ``teacher`` updates the rest of its ``model.train`` (e.g. ``augment``, ``threads``, ``eval_every``)."""
     cfg = yaml.safe_load((ROOT / "pipelines" / "prune.yaml").read_text())
     if teacher_epochs is not None:
         cfg["model"]["train"] = {**cfg["model"]["train"], "epochs": teacher_epochs}
+    if teacher:
+        cfg["model"]["train"] = {**cfg["model"]["train"], **teacher}
     stage = next(s for s in cfg["stages"] if s["type"] == "prune.structured")
     ft = {**stage["config"]["finetune"], "epochs": epochs, "seed": seed, "distill": distill}
     stage = {**stage, "config": {**stage["config"], "pruning_ratio": ratio, "finetune": ft}}
@@ -105,18 +108,31 @@ AUGMENTS: dict[str, dict[str, float] | None] = {
     "none": None,
     "shift8": {"shift": 8},                  # random translation by up to 8 px (7% of 112) along H and W
 }
+TEACHER_TAGS = {"-ashift8-th2": "augment shift 8, 2 threads"}  # how the explore tables name a teacher tag
+
+
+def teacher_tag(teacher_aug: str = "none", teacher_threads: int | None = None) -> str:
+    """How the teacher was trained beyond its epochs (in keys and folder names): ``-a<aug>``, ``-th<threads>``."""
+    return ("" if teacher_aug == "none" else f"-a{teacher_aug}") + ("" if teacher_threads is None
+                                                                    else f"-th{teacher_threads}")
 
 
 def xkey(teacher_epochs: float | None, ratio: float, epochs: float, setting: str, seed: int, aug: str = "none",
-         labels: float | None = None) -> str:
-    """Key of an exploration point (the pipeline points' key, plus ``-a<aug>`` / ``-l<fraction>`` when set)."""
-    return (key(teacher_epochs, ratio, epochs, setting, seed) + ("" if aug == "none" else f"-a{aug}")
-            + ("" if labels is None else f"-l{labels}"))
+         labels: float | None = None, tteacher: str = "") -> str:
+    """Key of an exploration point (the pipeline points' key, plus ``-a<aug>`` / ``-l<fraction>`` when set; a
+    teacher trained with augmentation or other threads: ``t<epochs><teacher_tag>-...``)."""
+    k = key(teacher_epochs, ratio, epochs, setting, seed)
+    if tteacher:
+        k = k.replace("-", tteacher + "-", 1)
+    return k + ("" if aug == "none" else f"-a{aug}") + ("" if labels is None else f"-l{labels}")
 
 
-def teacher_model(teacher_epochs: float | None, ratio: float):
+def teacher_model(teacher_epochs: float | None, ratio: float, teacher_aug: str = "none",
+                  teacher_threads: int | None = None):
     """The pipeline's baseline (the teacher), built in-process by the runner's own ``build_baseline`` (same recipe,
-    seed and training loop as ``compress run``) and kept in runs/kd-vs-nokd/teacher-t<epochs>/; and the dataset."""
+    seed and training loop as ``compress run``) and kept in runs/kd-vs-nokd/teacher-t<epochs><teacher_tag>/ (reused,
+    never re-trained; a killed training resumes from its last epoch); and the dataset and pipeline. Its accuracy on
+    the calibration split (not the eval split) is recorded after every epoch (facts.training.eval_curve)."""
     import contextlib
 
     from compress.artifact import Artifact, build_module
@@ -124,8 +140,13 @@ def teacher_model(teacher_epochs: float | None, ratio: float):
     from compress.config import load_pipeline
     from compress.data import load_dataset
 
-    cfg = point_config(ratio, 1.0, 0, None, teacher_epochs)
-    folder = WORK / f"teacher-t{cfg['model']['train']['epochs']}"
+    extra: dict[str, Any] = {"eval_every": "epoch", "eval_split": "calibration"}
+    if teacher_aug != "none":
+        extra["augment"] = AUGMENTS[teacher_aug]
+    if teacher_threads is not None:
+        extra["threads"] = teacher_threads
+    cfg = point_config(ratio, 1.0, 0, None, teacher_epochs, extra)
+    folder = WORK / f"teacher-t{cfg['model']['train']['epochs']}{teacher_tag(teacher_aug, teacher_threads)}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "pipeline.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -133,14 +154,19 @@ def teacher_model(teacher_epochs: float | None, ratio: float):
     ds = load_dataset(loaded.config.data, ROOT)
     if not (folder / "artifact.json").is_file():
         class _Bar:
-            def update(self, *a: Any, **k: Any) -> None:
-                pass
+            def update(self, *a: Any, **info: Any) -> None:
+                if "acc" in info:
+                    print(f"  teacher: loss {info['loss']:.4f}, calibration accuracy {info['acc']}%", flush=True)
 
-        build_baseline(loaded, ds, folder, lambda *a: contextlib.nullcontext(_Bar()), print)
-    return build_module(Artifact.read(folder)), ds, cfg
+        build_baseline(loaded, ds, folder, lambda *a: contextlib.nullcontext(_Bar()), print,
+                       checkpoint=WORK / f"{folder.name}.ckpt")
+    else:
+        print(f"teacher reused from {folder}", flush=True)
+    return build_module(Artifact.read(folder)), ds, cfg, Artifact.read(folder).facts.get("training", {})
 
 
-def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any]], res: dict[str, Any]) -> None:
+def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any]], res: dict[str, Any],
+            teacher_aug: str = "none", teacher_threads: int | None = None) -> None:
     """Torch-only exploration in one process (no export, no ORT; about 4x faster per point): the same pruned
     starting weights as the pipeline points (the teacher: the pipeline's baseline, built in-process), the stage's
     BatchNorm re-estimation before and after, the one training loop. Each grid entry: ``{"setting", "seed",
@@ -160,11 +186,16 @@ def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any
     from compress.training import FinetuneConfig, accuracy, recalibrate_bn, total_steps, train
 
     out = res.setdefault("explore", {})
+    tt = teacher_tag(teacher_aug, teacher_threads)
     todo = [g for g in grid if xkey(teacher_epochs, ratio, g["epochs"], g["setting"], g["seed"], g.get("aug", "none"),
-                                    g.get("labels")) not in out]
+                                    g.get("labels"), tt) not in out]
     if not todo:
         return
-    teacher, ds, cfg = teacher_model(teacher_epochs, ratio)
+    teacher, ds, cfg, t_hist = teacher_model(teacher_epochs, ratio, teacher_aug, teacher_threads)
+    if tt:  # the teacher's own record: its training (with the calibration curve) and accuracies
+        res.setdefault("teachers", {})[f"t{cfg['model']['train']['epochs']}{tt}"] = {
+            "train": cfg["model"]["train"], "training": t_hist,
+            "eval_torch": round(accuracy(teacher, ds), 4), "calibration_torch": round(accuracy(teacher, ds, "calibration"), 4)}
     stage = cfg["stages"][0]["config"]
     torch.set_num_threads(1)
     t_acc = accuracy(teacher, ds)
@@ -178,7 +209,7 @@ def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any
     acc0 = accuracy(pruned, ds)
     for g in todo:
         aug, labels = g.get("aug", "none"), g.get("labels")
-        k = xkey(teacher_epochs, ratio, g["epochs"], g["setting"], g["seed"], aug, labels)
+        k = xkey(teacher_epochs, ratio, g["epochs"], g["setting"], g["seed"], aug, labels, tt)
         distill = SETTINGS[g["setting"]]
         ft = FinetuneConfig(**{**stage["finetune"], "epochs": g["epochs"], "seed": g["seed"], "distill": distill,
                                "augment": AUGMENTS[aug]})
@@ -194,6 +225,7 @@ def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any
         recalibrate_bn(m, ds, batches=pcfg.bn_recalibration)
         out[k] = {**g, "aug": aug, "labels": labels, "augment": AUGMENTS[aug], "train_split": split,
                   "train_samples": len(data.splits[split]), "teacher_epochs": cfg["model"]["train"]["epochs"],
+                  **({"teacher_tag": tt} if tt else {}),
                   "ratio": ratio, "teacher_torch": t_acc, "pruned_torch": acc0,
                   "finetuned_torch": round(accuracy(m, ds), 4), "steps": h["steps"], "seconds": h["seconds"],
                   "load_avg_1m": round(__import__("os").getloadavg()[0], 2)}
@@ -305,13 +337,15 @@ def explore_tables(points: dict[str, Any]) -> list[str]:
              "sign test (ties dropped); t p: two-sided paired t-test.", ""]
     groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for v in points.values():
-        gk = (v["teacher_epochs"], v["ratio"], v["epochs"], v.get("aug", "none"), v.get("labels"))
+        gk = (v["teacher_epochs"], v.get("teacher_tag", ""), v["ratio"], v["epochs"], v.get("aug", "none"),
+              v.get("labels"))
         groups.setdefault(gk, {}).setdefault(v["setting"], []).append(v)
-    for (te, r, e, aug, labels), st in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][4] is not None,
-                                                                               kv[0][3], kv[0][2])):
+    for (te, tt, r, e, aug, labels), st in sorted(groups.items(), key=lambda kv: (
+            kv[0][0], kv[0][1], kv[0][2], kv[0][5] is not None, kv[0][4], kv[0][3])):
         any_v = next(iter(st.values()))[0]
         t_acc = next((v["teacher_torch"] for vs in st.values() for v in vs if "teacher_torch" in v), None)
-        head = (f"### Teacher {te} epochs" + (f" ({t_acc:.2f}%)" if t_acc is not None else "") + f", {int(r * 100)}% pruned "
+        head = (f"### Teacher {te} epochs" + (f" trained with {TEACHER_TAGS.get(tt, tt)}" if tt else "")
+                + (f" ({t_acc:.2f}%)" if t_acc is not None else "") + f", {int(r * 100)}% pruned "
                 f"({any_v['pruned_torch']:.2f}% before fine-tuning), {e} epochs = {any_v['steps']} steps, "
                 f"augment {aug}" + (f" {json.dumps(any_v['augment'])}" if any_v.get("augment") else ""))
         if labels is not None:
@@ -369,6 +403,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--redo", action="store_true", help="re-run points already in the json")
     ap.add_argument("--explore", action="store_true", help="torch-only in-process points (res['explore'])")
     ap.add_argument("--augment", nargs="+", choices=list(AUGMENTS), default=["none"], help="--explore: finetune.augment")
+    ap.add_argument("--teacher-augment", choices=list(AUGMENTS), default="none",
+                    help="--explore: train the teacher with this model.train.augment")
+    ap.add_argument("--teacher-threads", type=int, default=None, help="--explore: the teacher's training threads")
+    ap.add_argument("--teacher-only", action="store_true", help="--explore: build (or reuse) the teacher and stop")
     ap.add_argument("--labels", type=float, nargs="+", default=[None],
                     help="--explore: fraction of the training split that keeps its labels (label-scarce case)")
     a = ap.parse_args(argv)
@@ -376,8 +414,13 @@ def main(argv: list[str]) -> int:
     if a.explore:
         for t in a.teacher_epochs:
             for r in a.ratio:
+                if a.teacher_only:
+                    _, ds, cfg, hist = teacher_model(t, r, a.teacher_augment, a.teacher_threads)
+                    print("teacher:", {k: hist.get(k) for k in ("steps", "seconds", "eval_curve")})
+                    continue
                 explore(t, r, [{"setting": st, "seed": s, "epochs": e, "aug": au, "labels": lb} for e in a.epochs
-                               for au in a.augment for lb in a.labels for s in a.seeds for st in a.only], res)
+                               for au in a.augment for lb in a.labels for s in a.seeds for st in a.only], res,
+                        a.teacher_augment, a.teacher_threads)
     elif not a.render:
         grid = [(t, r, e, s, st) for t in a.teacher_epochs for r in a.ratio for e in a.epochs for s in a.seeds
                 for st in a.only]

@@ -152,7 +152,11 @@ def baseline_key_parts(loaded: "LoadedConfig", data_fp: str) -> dict[str, Any]:
 
 
 def build_baseline(loaded: "LoadedConfig", dataset: "Dataset", work_dir: Path,
-                   progress: Callable[[str, int], Any], log: Callable[[str], None]) -> Artifact:
+                   progress: Callable[[str, int], Any], log: Callable[[str], None],
+                   checkpoint: Path | None = None) -> Artifact:
+    """The baseline artifact: the user's ONNX, weights or callable, or the model trained on ``model.train``.
+    ``checkpoint`` (a file that survives a killed run): training saves a resume point there after every epoch,
+    and a later call with the same arguments resumes from it (to the same weights) instead of starting over."""
     m = loaded.config.model
     shape = tuple(m.input_shape)
     stub = Artifact(format="onnx" if m.onnx else "torch", precision="float32", dir=work_dir, files={},
@@ -174,12 +178,15 @@ def build_baseline(loaded: "LoadedConfig", dataset: "Dataset", work_dir: Path,
         load_weights(model, loaded.resolve(m.weights), loaded.where("model", "weights"))
         facts["weights"] = m.weights
     elif m.train:
-        from compress.training import accuracy, total_steps, train
+        from compress.training import accuracy, steps_per_epoch, total_steps, train
 
-        steps = total_steps(m.train, len(dataset.splits["train"]))
+        n_train = len(dataset.splits["train"])
+        steps = total_steps(m.train, n_train)
         try:
             with progress("training baseline", steps) as bar:
-                hist = train(model, dataset, m.train, progress=lambda s, t, info: bar.update(1, **info))
+                hist = train(model, dataset, m.train, progress=lambda s, t, info: bar.update(1, **info),
+                             checkpoint=checkpoint,
+                             checkpoint_every=steps_per_epoch(m.train, n_train) if checkpoint is not None else 0)
         except ValueError as e:
             raise ConfigError(f"{loaded.where('model', 'train')} model.train: {e}") from e
         except Exception as e:  # noqa: BLE001

@@ -76,7 +76,9 @@ class Runner:
 
         key = cache_key(**baseline_key_parts(self.loaded, ds.fingerprint))
         art, hit, secs = self._cached_artifact(key, "baseline", lambda wd: build_baseline(
-            self.loaded, ds, wd, self.ui.progress, self.ui.info))
+            self.loaded, ds, wd, self.ui.progress, self.ui.info,
+            checkpoint=self.cache.root / "checkpoints" / key / "baseline.pt"))  # a killed training resumes
+        shutil.rmtree(self.cache.root / "checkpoints" / key, ignore_errors=True)
         records.append(self._record("baseline", "baseline", {}, art, hit, secs))
         # stages
         from compress.stages import get_stage

@@ -73,6 +73,44 @@ def test_killed_training_resumes_from_checkpoint_to_the_same_weights(tmp_path, a
         assert torch.equal(a, b)
 
 
+def test_killed_baseline_training_resumes_from_its_epoch_checkpoint(tmp_path):
+    import contextlib
+
+    from compress.baseline import build_baseline
+    from compress.config import load_pipeline
+    from compress.data import load_dataset
+    from conftest import tiny_pipeline, write_yaml
+
+    loaded = load_pipeline(write_yaml(tmp_path / "p.yaml", tiny_pipeline(tmp_path)))  # 30 steps, 8 per epoch
+    ds = load_dataset(loaded.config.data, tmp_path)
+
+    class Killed(BaseException):  # like a kill: not caught as a training failure
+        pass
+
+    class Bar:
+        def __init__(self, die_at):
+            self.step, self.die_at = 0, die_at
+
+        def update(self, n, **info):
+            self.step += n
+            if self.step == self.die_at:
+                raise Killed
+
+    def progress(die_at):
+        return lambda label, total: contextlib.nullcontext(Bar(die_at))
+
+    ref = build_module(build_baseline(loaded, ds, tmp_path / "ref", progress(None), lambda m: None))
+    ckpt = tmp_path / "ck" / "baseline.pt"
+    with pytest.raises(Killed):
+        build_baseline(loaded, ds, tmp_path / "a", progress(21), lambda m: None, checkpoint=ckpt)
+    assert ckpt.is_file()
+    art = build_baseline(loaded, ds, tmp_path / "b", progress(None), lambda m: None, checkpoint=ckpt)
+    assert art.facts["training"]["resumed_at_step"] == 16 and art.facts["training"]["steps"] == 30
+    assert not ckpt.exists()
+    for a, b in zip(ref.state_dict().values(), build_module(art).state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_pipeline_teacher_reference_is_checked_and_used(tiny_yaml, tmp_path):
     ft = {"steps": 4, "batch_size": 32, "threads": 1}
     bad = tiny_yaml(stages=[{"name": "kd", "type": "distill.kd", "config": {"teacher": "later", "finetune": ft}},
