@@ -166,12 +166,13 @@ def teacher_model(teacher_epochs: float | None, ratio: float, teacher_aug: str =
 
 
 def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any]], res: dict[str, Any],
-            teacher_aug: str = "none", teacher_threads: int | None = None) -> None:
+            teacher_aug: str = "none", teacher_threads: int | None = None, threads: int | None = None) -> None:
     """Torch-only exploration in one process (no export, no ORT; about 4x faster per point): the same pruned
     starting weights as the pipeline points (the teacher: the pipeline's baseline, built in-process), the stage's
     BatchNorm re-estimation before and after, the one training loop. Each grid entry: ``{"setting", "seed",
     "epochs", "aug", "labels"}``; results go to ``res["explore"]``.
 
+    ``threads``: the fine-tunes' training threads (default: prune.yaml's finetune.threads, 1).
     ``aug``: a name in AUGMENTS (finetune.augment, the same for every setting). ``labels``: a fraction of the
     training split that keeps its labels (a seeded subset, the same for every seed and setting); the budget stays
     ``epochs`` passes over the *whole* training split in steps; settings that use labels (no KD, alpha < 1) train
@@ -197,7 +198,7 @@ def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any
             "train": cfg["model"]["train"], "training": t_hist,
             "eval_torch": round(accuracy(teacher, ds), 4), "calibration_torch": round(accuracy(teacher, ds, "calibration"), 4)}
     stage = cfg["stages"][0]["config"]
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads or 1)
     t_acc = accuracy(teacher, ds)
     pruned = copy.deepcopy(teacher)
     pcfg = PruneStructuredConfig(**{k: v for k, v in stage.items() if k != "finetune"})
@@ -212,7 +213,7 @@ def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any
         k = xkey(teacher_epochs, ratio, g["epochs"], g["setting"], g["seed"], aug, labels, tt)
         distill = SETTINGS[g["setting"]]
         ft = FinetuneConfig(**{**stage["finetune"], "epochs": g["epochs"], "seed": g["seed"], "distill": distill,
-                               "augment": AUGMENTS[aug]})
+                               "augment": AUGMENTS[aug], **({"threads": threads} if threads else {})})
         ft = ft.model_copy(update={"steps": total_steps(ft, len(ds.splits["train"]))})  # the budget: equal steps
         data, split = ds, "train"
         if labels is not None:
@@ -228,6 +229,7 @@ def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any
                   **({"teacher_tag": tt} if tt else {}),
                   "ratio": ratio, "teacher_torch": t_acc, "pruned_torch": acc0,
                   "finetuned_torch": round(accuracy(m, ds), 4), "steps": h["steps"], "seconds": h["seconds"],
+                  "threads": h["threads"],
                   "load_avg_1m": round(__import__("os").getloadavg()[0], 2)}
         print(k, out[k]["finetuned_torch"], f"{h['seconds']} s", flush=True)
         save(res)
@@ -406,6 +408,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--teacher-augment", choices=list(AUGMENTS), default="none",
                     help="--explore: train the teacher with this model.train.augment")
     ap.add_argument("--teacher-threads", type=int, default=None, help="--explore: the teacher's training threads")
+    ap.add_argument("--threads", type=int, default=None, help="--explore: fine-tune threads (default: prune.yaml's)")
     ap.add_argument("--teacher-only", action="store_true", help="--explore: build (or reuse) the teacher and stop")
     ap.add_argument("--labels", type=float, nargs="+", default=[None],
                     help="--explore: fraction of the training split that keeps its labels (label-scarce case)")
@@ -420,7 +423,7 @@ def main(argv: list[str]) -> int:
                     continue
                 explore(t, r, [{"setting": st, "seed": s, "epochs": e, "aug": au, "labels": lb} for e in a.epochs
                                for au in a.augment for lb in a.labels for s in a.seeds for st in a.only], res,
-                        a.teacher_augment, a.teacher_threads)
+                        a.teacher_augment, a.teacher_threads, a.threads)
     elif not a.render:
         grid = [(t, r, e, s, st) for t in a.teacher_epochs for r in a.ratio for e in a.epochs for s in a.seeds
                 for st in a.only]
