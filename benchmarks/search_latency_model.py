@@ -454,6 +454,11 @@ NOTES = ["What was fitted on what: the correction, its kind and the block statis
          "of these runs, after run 1's ceilings only, for time: a locked job must stay near 15 min) nets are timed "
          "in 6 sessions of 100 calls (80 nets x 8 x 100 calls of 10-20 ms would take about 19 min): split half = "
          "sessions 1-3 vs 4-6.",
+         "", "Result of 2 at 32x32: the development nets picked p50 entries + weights in both cells (as leave-one-out "
+         "did on these runs): FP32 2.17% MAPE (tau 0.930; misses 2% by 0.17 points), INT8 1.12% (tau 0.946), on "
+         "fresh seed-41 nets; cold entries scored 4.7-5.2% (FP32) and 2.8-2.9% (INT8) held out, so a rule that "
+         "can pick them is a risk the development nets remove (their MAPEs separated p50 + weights from the "
+         "rest by 2.5 points at FP32, 1.1 at INT8).",
          "", "3. Close pairs are judged against the 8-session truth, beside the split-half ceiling of the same "
          "run (median of sessions 1-4 vs 5-8): a ceiling below 90% means the measurement, not the model, "
          "cannot show the order of pairs within 5%.",
