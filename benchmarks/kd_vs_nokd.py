@@ -303,6 +303,14 @@ def render(res: dict[str, Any]) -> str:
                          f"{', '.join(f'{x:.2f}' for x in o['per_seed'])} | {o['mean']:.2f} ± {o['std']:.2f} | "
                          f"{t['mean']:.2f} | {dtxt} |")
         lines.append("")
+    for name, t in res.get("teachers", {}).items():
+        curve = t["training"].get("eval_curve", [])
+        lines += [f"Teacher {name} ({json.dumps(t['train'])}): {t['training'].get('steps')} steps in "
+                  f"{t['training'].get('seconds')} s (+ resumes); eval split {t['eval_torch']:.2f}%, calibration split "
+                  f"{t['calibration_torch']:.2f}% (torch). Calibration accuracy after each epoch: "
+                  + ", ".join(f"e{c['epoch']:.0f} {c['accuracy']:.1f}" for c in curve) + " (a resumed training records "
+                  "its curve from the resume on); training loss per epoch: "
+                  + ", ".join(f"e{c['epoch']:.0f} {c['loss']:.3g}" for c in curve) + ".", ""]
     if res.get("explore"):
         lines += explore_tables(res["explore"])
     for line in res.get("notes", []):
