@@ -305,8 +305,9 @@ def render(res: dict[str, Any]) -> str:
         lines.append("")
     for name, t in res.get("teachers", {}).items():
         curve = t["training"].get("eval_curve", [])
-        lines += [f"Teacher {name} ({json.dumps(t['train'])}): {t['training'].get('steps')} steps in "
-                  f"{t['training'].get('seconds')} s (+ resumes); eval split {t['eval_torch']:.2f}%, calibration split "
+        lines += [f"Teacher {name} ({json.dumps(t['train'])}): {t['training'].get('steps')} steps ("
+                  f"{t['training'].get('seconds')} s in the run that finished it, from step "
+                  f"{t['training'].get('resumed_at_step', 0)}); eval split {t['eval_torch']:.2f}%, calibration split "
                   f"{t['calibration_torch']:.2f}% (torch). Calibration accuracy after each epoch: "
                   + ", ".join(f"e{c['epoch']:.0f} {c['accuracy']:.1f}" for c in curve) + " (a resumed training records "
                   "its curve from the resume on); training loss per epoch: "
