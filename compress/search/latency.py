@@ -299,10 +299,15 @@ def choose(model: LatencyModel, space: SearchSpace, calibration: list[Config], m
 
 def mape_pct(predicted: list[float], measured: list[float]) -> float:
     """Mean absolute percentage error (%) of ``predicted`` against ``measured``."""
+    return round(_mape(predicted, measured) * 100, 4)
+
+
+def _mape(predicted, measured) -> float:
+    """Mean absolute relative error (a fraction, unrounded): the one formula every fit and choice here uses."""
     import numpy as np
 
     p, m = np.asarray(predicted, float), np.asarray(measured, float)
-    return round(float(np.mean(np.abs(p - m) / m)) * 100, 4)
+    return float(np.mean(np.abs(p - m) / m))
 
 
 def loo_mape(predicted: list[float], measured: list[float], correction: str,
@@ -315,12 +320,12 @@ def loo_mape(predicted: list[float], measured: list[float], correction: str,
     wt = np.zeros(len(p)) if weights is None else np.asarray(weights, float)
     if len(p) < (4 if correction == "weights" else 3):
         return None
-    err = []
+    pred = []
     for j in range(len(p)):
         keep = np.arange(len(p)) != j
         a, b, w = fit_correction(list(p[keep]), list(m[keep]), correction, list(wt[keep]))
-        err.append(abs(a * p[j] + b + w * wt[j] - m[j]) / m[j])
-    return round(float(np.mean(err)) * 100, 4)
+        pred.append(a * p[j] + b + w * wt[j])
+    return mape_pct(pred, m)
 
 
 def session_drift(ms, position) -> float:
@@ -382,10 +387,7 @@ def fit_weights(sums: list[float], weights: list[float], measured: list[float]) 
     x = np.stack([s, wt, np.ones_like(s)], axis=1)
     (a, w, b), *_ = np.linalg.lstsq(x, m, rcond=None)
 
-    def mape(aa, bb, ww):
-        return float(np.mean(np.abs((aa * s + bb + ww * wt - m) / m)))
-
-    if a > 0 and w >= 0 and mape(a, b, w) <= mape(a0, b0, 0.0):
+    if a > 0 and w >= 0 and _mape(a * s + b + w * wt, m) <= _mape(a0 * s + b0, m):
         return float(a), float(b), float(w)
     return a0, b0, 0.0
 
@@ -403,10 +405,7 @@ def fit_affine(sums: list[float], measured: list[float]) -> tuple[float, float]:
         return scale, 0.0
     a, b = np.polyfit(s, m, 1)
 
-    def mape(aa, bb):
-        return float(np.mean(np.abs((aa * s + bb - m) / m)))
-
-    return (float(a), float(b)) if a > 0 and mape(a, b) <= mape(scale, 0.0) else (scale, 0.0)
+    return (float(a), float(b)) if a > 0 and _mape(a * s + b, m) <= _mape(scale * s, m) else (scale, 0.0)
 
 
 def calibration_configs(space: SearchSpace, n: int, seed: int = 0) -> list[Config]:
