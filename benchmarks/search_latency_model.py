@@ -473,7 +473,19 @@ NOTES = ["What was fitted on what: the correction, its kind and the block statis
          "200 draws). The split half has noise on both sides and half the sessions on each, so it understates "
          "that ceiling: with 8 sessions it reads 85% of close pairs where a perfect predictor would order about "
          "91-93% (simulated). So 90% of close pairs is within the measurement's reach at 8 sessions; the gap "
-         "left is the table's own error (blocks from 3 sessions, the correction)."]
+         "left is the table's own error (blocks from 3 sessions, the correction).",
+         "", "4. [blocks x8, truth x12] Set at 16:49 UTC on 2026-11-23, before the run, to test the reading above "
+         "(the gap is the table's own error, so more block sessions should close it): 32x32 INT8, the cell "
+         "nearest 90%, on fresh held-out nets (seed 43), the development rule as in 2, every block and seam pair "
+         "in 8 sessions instead of 3 and every network in 12 instead of 8 (one interleaved measurement of about "
+         "1,900 ORT sessions).",
+         "", "Result of 4 (16:57-17:11 UTC, alone under the lock, load 2.1 (the previous job's tail) -> 1.0, 807 s): "
+         "worse, not better. Model 1.65% MAPE (tau 0.914), 77% of 222 close pairs; the measurement itself got "
+         "noisier: session 1 vs 2 5.60% MAPE (1.78% in run 2's 32x32 INT8 cell, about 1,000 sessions), split half "
+         "1.82% / 77%, simulated noise-free ceiling 83% (93% in run 2). More sessions in one process do not buy "
+         "precision here: each session costs memory (7 GB resident at the end) and placement noise grows with "
+         "their number. reports/search_latency_limits.md re-uses these timings: blocks from 1 ... 8 of their "
+         "sessions order 75%, 77%, 78%, ..., 77% of the close pairs (flat after 3)."]
 
 
 def measured_at(t0_load: float, cached: bool, previous: dict | None) -> dict:
