@@ -10,7 +10,7 @@ with the weights it inherits from the supernet (optionally fine-tuned), as an or
    baseline are timed interleaved on ``latency.target`` through the measurement service; network
    latency = sum of blocks minus the measured seams between them (``compress.search.seams``), then a
    correction fitted on the whole subnets (``correction``: affine, or affine + a cost per weight, chosen
-   leave-one-out by default, or by ``development_networks`` random subnets timed in the same session;
+   by ``development_networks`` (default 20) random subnets timed in the same session, 0: leave-one-out;
    cached per target fingerprint). A space without blocks uses a ridge predictor fitted on ``learned_networks`` measured
    subnets;
 2. supernet: sandwich rule with in-place distillation through the one training loop (cached per phase);
@@ -61,14 +61,16 @@ class LatencyModelConfig(_Strict):
                                       "correction (at most 10).")
     repeats: int = Field(2, ge=1, le=8, description="Sessions per calibration subnet in the table's measurement "
                          "(median; with 2+ the drift with session opening order is estimated and corrected).")
-    block_repeats: int = Field(1, ge=1, le=8, description="Sessions per block and per seam pair in the table's "
+    block_repeats: int = Field(3, ge=1, le=8, description="Sessions per block and per seam pair in the table's "
                                "measurement (an entry is the median over them): two ONNX Runtime sessions of the "
-                               "same file differ by a few percent (memory placement).")
-    development_networks: int = Field(0, ge=0, le=40, description="Random subnets (seeded, none a calibration "
+                               "same file differ by a few percent (memory placement). 3: 1 -> 3 sessions ordered "
+                               "2-4 points more close pairs in reports/search_latency_limits.md, more did not help.")
+    development_networks: int = Field(20, ge=0, le=40, description="Random subnets (seeded, none a calibration "
                                       "subnet) timed with the table only to make 'auto''s choice of block statistic "
                                       "and correction: the candidate fitted on the calibration subnets that predicts "
                                       "them best (nothing is fitted on them). 0: leave-one-out on the calibration "
-                                      "subnets.")
+                                      "subnets (as noisy as the differences it decides: it picked a 4.05% rule where "
+                                      "the development nets' pick scored 2.17%).")
     correction: Literal["scale", "affine", "weights", "auto"] = Field(
         "auto", description="Fit of the (sum of blocks - seams) to the calibration subnets: 'affine' (a * x + b, "
         "least squares, replaced by the scale when that fits the subnets no worse), 'scale' (median ratio), "
