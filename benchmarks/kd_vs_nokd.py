@@ -296,17 +296,17 @@ def explore(teacher_epochs: float | None, ratio: float, grid: list[dict[str, Any
         ft = FinetuneConfig(**{**stage["finetune"], "epochs": g["epochs"], "seed": g["seed"], "distill": distill,
                                "augment": AUGMENTS[aug], **({"threads": threads} if threads else {})})
         ft = ft.model_copy(update={"steps": total_steps(ft, len(ds.splits["train"]))})  # the budget: equal steps
-        data, split = ds, "train"
+        tds, split = ds, "train"
         if labels is not None:
             tr = ds.splits["train"]
             keep = np.sort(np.random.default_rng(0).choice(tr, size=max(1, round(labels * len(tr))), replace=False))
-            data = dataclasses.replace(ds, splits={**ds.splits, "labelled": keep})
+            tds = dataclasses.replace(ds, splits={**ds.splits, "labelled": keep})
             split = "train" if distill is not None and distill["alpha"] == 1.0 else "labelled"
         m = copy.deepcopy(pruned)
-        h = train(m, data, ft, teacher=teacher, split=split)
+        h = train(m, tds, ft, teacher=teacher, split=split)
         recalibrate_bn(m, ds, batches=pcfg.bn_recalibration)
         out[k] = {**g, "aug": aug, "labels": labels, "augment": AUGMENTS[aug], "train_split": split,
-                  "train_samples": len(data.splits[split]), "teacher_epochs": cfg["model"]["train"]["epochs"],
+                  "train_samples": len(tds.splits[split]), "teacher_epochs": cfg["model"]["train"]["epochs"],
                   **({"teacher_tag": tt} if tt else {}), **({"data": data, "res": px} if dt else {}),
                   "ratio": ratio, "teacher_torch": t_acc, "pruned_torch": acc0,
                   "finetuned_torch": round(accuracy(m, ds), 4), "steps": h["steps"], "seconds": h["seconds"],
