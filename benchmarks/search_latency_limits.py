@@ -39,6 +39,14 @@ CELLS = ["32:fp32:8:300", "32:int8:8:300", "224:fp32:6:100", "224:int8:6:100"]
 PENALTIES = [1.0, 3.0, 10.0, 30.0, 100.0]
 
 
+def subsets(n: int, k: int, cap: int) -> list[tuple[int, ...]]:
+    """Every k of n sessions, or ``cap`` of them drawn (seeded by k) when there are more."""
+    import numpy as np
+
+    out = list(itertools.combinations(range(n), k))
+    return out if len(out) <= cap else [out[i] for i in np.random.default_rng(k).choice(len(out), cap, replace=False)]
+
+
 def from_sessions(model, sub: tuple[int, ...]):
     """A copy of ``model`` whose block and pair entries are the median over the sessions ``sub`` only."""
     import numpy as np
@@ -62,10 +70,7 @@ def block_sessions(model, space, rows) -> dict:
     out = {}
     for k in range(1, n + 1):
         runs = []
-        subsets = list(itertools.combinations(range(n), k))
-        if len(subsets) > 20:  # 8 block sessions: up to 70 subsets of a size; 20 seeded ones are enough for a mean
-            subsets = [subsets[i] for i in np.random.default_rng(k).choice(len(subsets), 20, replace=False)]
-        for sub in subsets:
+        for sub in subsets(n, k, 20):  # 8 block sessions: up to 70 subsets of a size; 20 are enough for a mean
             m = lat.choose(from_sessions(model, sub), space, cal, cal_ms, model.block_stat, model.correction)
             runs.append(lat.validate([m.predict(space, r["config"]) for r in rows], meas))
         out[str(k)] = {"subsets": len(runs), **{key: round(float(np.mean([v[key] for v in runs])), 4)
@@ -84,10 +89,7 @@ def truth_sessions(model, space, rows) -> dict:
     reps = np.asarray([r["measured_reps"] for r in rows])
     out = {}
     for k in range(2, reps.shape[1] + 1, 2):
-        subsets = list(itertools.combinations(range(reps.shape[1]), k))
-        if len(subsets) > 10:
-            subsets = [subsets[i] for i in np.random.default_rng(k).choice(len(subsets), 10, replace=False)]
-        runs = [lat.validate(pred, list(np.median(reps[:, list(sub)], axis=1))) for sub in subsets]
+        runs = [lat.validate(pred, list(np.median(reps[:, list(sub)], axis=1))) for sub in subsets(reps.shape[1], k, 10)]
         out[str(k)] = {"subsets": len(runs), **{key: round(float(np.mean([v[key] for v in runs])), 4)
                                                  for key in ("mape_pct", "close_pairs_ordered")}}
     return out
@@ -205,7 +207,8 @@ def main(argv: list[str]) -> int:
         env = fingerprint()
         work = Path(tempfile.mkdtemp(prefix="search-latency-limits-"))
         prev = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
-        rep = {"command": "python benchmarks/search_latency_limits.py",
+        cells = "" if args.cells == CELLS else " --cells " + " ".join(args.cells)
+        rep = {"command": "python benchmarks/search_latency_limits.py" + cells,
                "cpu": {k: env.get(k) for k in ("cpu_model", "cpu_flags", "physical_cores", "load_avg_1m")},
                "cells": [run_cell(c, Path(args.cache), work) for c in args.cells], "reading": prev.get("reading", [])}
         out.with_suffix(".json").write_text(json.dumps(rep, indent=1))
