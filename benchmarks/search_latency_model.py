@@ -485,7 +485,11 @@ NOTES = ["What was fitted on what: the correction, its kind and the block statis
          "1.82% / 77%, simulated noise-free ceiling 83% (93% in run 2). More sessions in one process do not buy "
          "precision here: each session costs memory (7 GB resident at the end) and placement noise grows with "
          "their number. reports/search_latency_limits.md re-uses these timings: blocks from 1 ... 8 of their "
-         "sessions order 75%, 77%, 78%, ..., 77% of the close pairs (flat after 3)."]
+         "sessions order 75%, 77%, 78%, ..., 77% of the close pairs (flat after 3).",
+         "", "5. [dev31/held-out43] Set at 18:32 UTC on 2026-11-23, before the run: a replicate of run 2's 32x32 "
+         "FP32 cell (the one at the 2% line: 2.17%, and 1.66% in the chain run's 4-session replicate) on fresh "
+         "held-out nets (seed 43), run 2's design unchanged (development rule, blocks in 3 sessions, nets in 8); "
+         "reported whatever it gives."]
 
 
 def measured_at(t0_load: float, cached: bool, previous: dict | None) -> dict:
