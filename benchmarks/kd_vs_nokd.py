@@ -568,7 +568,7 @@ def main(argv: list[str]) -> int:
             for e in a.epochs:
                 for s in a.seeds:
                     for st in a.only:
-                        k = data_tag(a.data, a.res) + key(t, r, e, st, s).replace("-", tt + "-", 1)
+                        k = xkey(t, r, e, st, s, tteacher=tt, dtag=data_tag(a.data, a.res))  # as --explore's
                         if k in out and not a.redo:
                             continue
                         out[k] = {**run_point(t, r, e, st, s, a.data, a.res, folder / "model.safetensors",

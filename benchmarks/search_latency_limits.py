@@ -136,8 +136,7 @@ def run_cell(spec: str, cache: Path, work: Path) -> dict:
 
     res, prec, reps, max_runs, seed, block_reps = (spec.split(":") + ["41", "3"])[:6]
     res, reps, seed, block_reps = int(res), int(reps), int(seed), int(block_reps)
-    timing = {"warmup_runs": 5, "warmup_seconds": 0.05, "min_runs": 30, "max_runs": 1000, "min_seconds": 0.3,
-              "max_seconds": 5.0, "block": 3, "clock": "thread_cpu", "max_runs_by_res": {str(res): max_runs}}
+    timing = S.timing_spec("thread_cpu", {str(res): max_runs})
     t0, load0 = time.time(), os.getloadavg()[0]
     r, model, space, _ = S.run_one(res, prec, 50, work / spec.replace(":", "-"), cache, timing,
                                    lambda s: print("  " + s, flush=True), reps, seed, block_reps, "auto", 20, 31)

@@ -45,6 +45,13 @@ def space_for(res: int):
 MAX_RUNS = {32: 300, 224: 60}
 
 
+def timing_spec(clock: str, max_runs_by_res: dict[str, str]) -> dict:
+    """The benchmark's timing settings (resolved per resolution by :func:`policy`): ``clock`` and the
+    ``RES -> calls per session`` caps."""
+    return {"warmup_runs": 5, "warmup_seconds": 0.05, "min_runs": 30, "max_runs": 1000, "min_seconds": 0.3,
+            "max_seconds": 5.0, "block": 3, "clock": clock, "max_runs_by_res": max_runs_by_res}
+
+
 def policy(timing: dict, res: int) -> dict:
     """The timing policy at ``res``: every session runs until the slowest-to-finish one is done, so the cap on
     calls is what bounds the run (``--max-runs``; default 300 at 32x32 with 1-2 ms networks, 60 at 224x224 with
@@ -558,9 +565,7 @@ def main(argv: list[str]) -> int:
         out = Path(args.out)
         out.with_suffix(".md").write_text("\n".join(render(json.loads(out.with_suffix(".json").read_text()))) + "\n")
         return 0
-    timing = {"warmup_runs": 5, "warmup_seconds": 0.05, "min_runs": 30, "max_runs": 1000, "min_seconds": 0.3,
-              "max_seconds": 5.0, "block": 3, "clock": args.clock,
-              "max_runs_by_res": dict(x.split(":") for x in args.max_runs)}
+    timing = timing_spec(args.clock, dict(x.split(":") for x in args.max_runs))
     work = Path(tempfile.mkdtemp(prefix="search-latency-"))
     env = fingerprint()
     import os
